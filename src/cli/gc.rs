@@ -1,0 +1,21 @@
+//! `layerfs gc`: delete what no image references.
+
+use anyhow::Result;
+
+use super::{Context, human_size};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  layerfs gc")]
+pub struct Args {}
+
+pub fn run(ctx: &Context, _args: Args) -> Result<()> {
+    let store = ctx.store()?;
+    let report = store.gc()?;
+    println!(
+        "freed {} bytes ({}) in {} blobs",
+        report.bytes_freed,
+        human_size(report.bytes_freed),
+        report.blobs_removed
+    );
+    Ok(())
+}

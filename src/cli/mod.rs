@@ -1,0 +1,230 @@
+//! The command line: one file per subcommand, each a thin layer over the library that parses
+//! arguments, reports progress and turns errors into messages with context.
+//!
+//! Exit codes (stable, documented in the man page): 0 success, 1 failure, 2 usage error,
+//! 3 image not found (in the store or the registry), 4 authentication or authorisation
+//! failure, 5 verification failure (a digest, size or diff_id that does not match).
+
+mod gc;
+mod images;
+mod inspect;
+mod load;
+mod pull;
+mod rm;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::store::Store;
+
+const EXAMPLES: &str = "\
+Examples:
+  layerfs pull debian:12
+  layerfs pull --platform linux/arm64 ghcr.io/org/app:v1
+  layerfs images
+  layerfs inspect debian:12
+  layerfs --store ./store pull 127.0.0.1:5000/demo/debian:bookworm";
+
+/// Use a container image as a filesystem without Docker, root or kernel OverlayFS.
+#[derive(Parser, Debug)]
+#[command(name = "layerfs", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Store directory (an OCI image layout) [default: $LAYERFS_STORE, else /var/lib/layerfs
+    /// for root, else $XDG_DATA_HOME/layerfs]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More messages (-v: progress details, -vv: protocol debugging); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download an image from a registry into the store, verifying every digest
+    Pull(pull::Args),
+    /// List the images in the store
+    Images(images::Args),
+    /// Show an image's configuration and layers as JSON
+    Inspect(inspect::Args),
+    /// Remove images from the store (their blobs go at the next `layerfs gc`)
+    Rm(rm::Args),
+    /// Delete blobs that no image references and print the bytes freed
+    Gc(gc::Args),
+    /// Import a `docker save` tarball or an OCI archive into the store
+    Load(load::Args),
+}
+
+/// Output format for commands that print data.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+/// Log to stderr with the `layerfs:` prefix; `RUST_LOG` overrides `-q`/`-v`.
+pub fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| format!("layerfs={level}"));
+    env_logger::Builder::new()
+        .parse_filters(&filter)
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            writeln!(buf, "layerfs: {level}{}", record.args())
+        })
+        .init();
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let store_path = cli.store.clone().unwrap_or_else(Store::default_path);
+    let ctx = Context {
+        store_path,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Pull(args) => pull::run(&ctx, args),
+        Command::Images(args) => images::run(&ctx, args),
+        Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Rm(args) => rm::run(&ctx, args),
+        Command::Gc(args) => gc::run(&ctx, args),
+        Command::Load(args) => load::run(&ctx, args),
+    }
+}
+
+/// What every subcommand gets.
+pub struct Context {
+    pub store_path: PathBuf,
+    pub quiet: bool,
+}
+
+impl Context {
+    fn store(&self) -> Result<Store> {
+        use anyhow::Context as _;
+        Store::open(&self.store_path)
+            .with_context(|| format!("cannot open the store at {}", self.store_path.display()))
+    }
+
+    /// A message for the user on stderr, unless `-q`.
+    fn say(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("layerfs: {msg}");
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+pub fn format_error(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Map an error to the documented exit code.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::{pull, registry, store};
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<registry::Error>() {
+            match e {
+                registry::Error::Unauthorized { .. } | registry::Error::Denied { .. } => return 4,
+                registry::Error::NotFound { .. } => return 3,
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<store::Error>() {
+            match e {
+                store::Error::NoSuchImage(_) => return 3,
+                store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. } => {
+                    return 5;
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<pull::Error>() {
+            match e {
+                pull::Error::DigestMismatch { .. }
+                | pull::Error::SizeMismatch { .. }
+                | pull::Error::DiffIdMismatch { .. } => return 5,
+                pull::Error::NoPlatform { .. } => return 3,
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<crate::archive::Error>()
+            && matches!(e, crate::archive::Error::DiffIdMismatch { .. })
+        {
+            return 5;
+        }
+    }
+    1
+}
+
+/// `1.5 MiB` style sizes for tables.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (n, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1536, "1.5 KiB"),
+            (5 << 30, "5.0 GiB"),
+        ] {
+            assert_eq!(human_size(n), want);
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
