@@ -154,37 +154,49 @@ pub fn format_error(err: &anyhow::Error) -> String {
 
 /// Map an error to the documented exit code.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    use crate::{pull, registry, store};
+    use crate::{archive, pull, registry, store};
+    fn registry_code(e: &registry::Error) -> Option<u8> {
+        match e {
+            registry::Error::Unauthorized { .. } | registry::Error::Denied { .. } => Some(4),
+            registry::Error::NotFound { .. } => Some(3),
+            _ => None,
+        }
+    }
+    fn store_code(e: &store::Error) -> Option<u8> {
+        match e {
+            store::Error::NoSuchImage(_) => Some(3),
+            store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. } => Some(5),
+            _ => None,
+        }
+    }
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<registry::Error>() {
+        let code = if let Some(e) = cause.downcast_ref::<registry::Error>() {
+            registry_code(e)
+        } else if let Some(e) = cause.downcast_ref::<store::Error>() {
+            store_code(e)
+        } else if let Some(e) = cause.downcast_ref::<pull::Error>() {
             match e {
-                registry::Error::Unauthorized { .. } | registry::Error::Denied { .. } => return 4,
-                registry::Error::NotFound { .. } => return 3,
-                _ => {}
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<store::Error>() {
-            match e {
-                store::Error::NoSuchImage(_) => return 3,
-                store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. } => {
-                    return 5;
-                }
-                _ => {}
-            }
-        }
-        if let Some(e) = cause.downcast_ref::<pull::Error>() {
-            match e {
+                pull::Error::Registry(r) => registry_code(r),
+                pull::Error::Store(s) => store_code(s),
                 pull::Error::DigestMismatch { .. }
                 | pull::Error::SizeMismatch { .. }
-                | pull::Error::DiffIdMismatch { .. } => return 5,
-                pull::Error::NoPlatform { .. } => return 3,
-                _ => {}
+                | pull::Error::DiffIdMismatch { .. } => Some(5),
+                pull::Error::NoPlatform { .. } => Some(3),
+                _ => None,
             }
-        }
-        if let Some(e) = cause.downcast_ref::<crate::archive::Error>()
-            && matches!(e, crate::archive::Error::DiffIdMismatch { .. })
-        {
-            return 5;
+        } else if let Some(e) = cause.downcast_ref::<archive::Error>() {
+            match e {
+                archive::Error::DiffIdMismatch { .. } | archive::Error::DigestMismatch { .. } => {
+                    Some(5)
+                }
+                archive::Error::Store(s) => store_code(s),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            return code;
         }
     }
     1

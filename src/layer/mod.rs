@@ -6,6 +6,8 @@
 //! callers hand in any reader of the compressed bytes and a sink for the uncompressed ones, so
 //! the pull can hash, store and (later) index a layer in one pass.
 
+pub mod index;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use crate::digest::{Digest, Hasher};

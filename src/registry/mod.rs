@@ -49,7 +49,7 @@ const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {source}")]
     Transport {
         method: &'static str,
         url: String,

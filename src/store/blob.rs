@@ -22,6 +22,7 @@ pub struct Partial {
     path: PathBuf,
     final_path: PathBuf,
     digest: Digest,
+    lock_path: PathBuf,
     _lock: File,
 }
 
@@ -61,6 +62,7 @@ impl Store {
             path,
             final_path,
             digest: digest.clone(),
+            lock_path,
             _lock: lock,
         }))
     }
@@ -120,6 +122,9 @@ impl Partial {
         if let Some(dir) = self.final_path.parent() {
             sync_dir(dir)?;
         }
+        // Safe while still holding the lock: whoever waits on this file finds the blob
+        // present once it gets the lock, and later comers find it before taking any lock.
+        let _ = fs::remove_file(&self.lock_path);
         Ok(self.final_path)
     }
 
