@@ -10,6 +10,7 @@
 pub mod archive;
 pub mod cli;
 pub mod digest;
+pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod pull;

@@ -7,6 +7,7 @@
 //! the pull can hash, store and (later) index a layer in one pass.
 
 pub mod index;
+pub mod reader;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 

@@ -1,0 +1,133 @@
+//! Attributes: what `stat` shows for a node, with ownership optionally mapped the way
+//! fuse-overlayfs' `uidmapping=`/`gidmapping=` options do.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType};
+
+use super::{FsError, LayerFs, ino};
+use crate::tree::{Body, Node, NodeId};
+
+/// The id shown for an image id that the mapping does not cover (the kernel's overflow id).
+const OVERFLOW_ID: u32 = 65534;
+/// Block size reported by stat: a good unit for reads through FUSE.
+const BLOCK_SIZE: u32 = 4096;
+
+/// `CONTAINER:HOST:SIZE[:CONTAINER:HOST:SIZE…]` ranges: image id `CONTAINER+i` shows as
+/// `HOST+i`. Empty means ids are shown as the image has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdMap(Vec<(u64, u64, u64)>);
+
+impl std::str::FromStr for IdMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let nums: Result<Vec<u64>, _> = s.split(':').map(str::parse::<u64>).collect();
+        let nums = nums.map_err(|_| format!("{s:?} is not a list of numbers"))?;
+        if nums.is_empty() || nums.len() % 3 != 0 {
+            return Err(format!("{s:?} must be CONTAINER:HOST:SIZE triples separated by ':'"));
+        }
+        Ok(IdMap(nums.chunks(3).map(|c| (c[0], c[1], c[2])).collect()))
+    }
+}
+
+impl IdMap {
+    /// The id to show for image id `id`.
+    pub fn to_host(&self, id: u64) -> u32 {
+        if self.0.is_empty() {
+            return u32::try_from(id).unwrap_or(OVERFLOW_ID);
+        }
+        self.0
+            .iter()
+            .find(|(c, _, n)| id >= *c && id - c < *n)
+            .and_then(|(c, h, _)| u32::try_from(h + (id - c)).ok())
+            .unwrap_or(OVERFLOW_ID)
+    }
+}
+
+fn time(secs: i64, nsec: u32) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
+    }
+}
+
+fn kind(node: &Node) -> FileType {
+    match node.body {
+        Body::Dir(_) => FileType::Directory,
+        Body::File => FileType::RegularFile,
+        Body::Symlink => FileType::Symlink,
+        Body::Char => FileType::CharDevice,
+        Body::Block => FileType::BlockDevice,
+        Body::Fifo => FileType::NamedPipe,
+    }
+}
+
+/// Linux's `makedev`.
+fn rdev(major: u32, minor: u32) -> u32 {
+    // FUSE carries rdev as 32 bits: major in 12 bits, minor in 20 (new_encode_dev).
+    ((major & 0xfff) << 20) | (minor & 0xfffff)
+}
+
+impl LayerFs {
+    pub(super) fn attr(&self, id: NodeId) -> Result<FileAttr, FsError> {
+        let node = self.image.tree.node(id).ok_or(FsError::NotFound)?;
+        let t = time(node.mtime, node.mtime_nsec);
+        Ok(FileAttr {
+            ino: ino(id),
+            size: node.size,
+            blocks: node.stored.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: kind(node),
+            perm: (node.mode & 0o7777) as u16,
+            nlink: node.nlink,
+            uid: self.options.uid_map.to_host(node.uid),
+            gid: self.options.gid_map.to_host(node.gid),
+            rdev: rdev(node.dev_major, node.dev_minor),
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        })
+    }
+
+    pub(super) fn do_lookup(&self, parent: NodeId, name: &[u8]) -> Result<FileAttr, FsError> {
+        let dir = self.image.tree.node(parent).ok_or(FsError::NotFound)?;
+        if !dir.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        let id = self
+            .image
+            .tree
+            .lookup(parent, name)
+            .ok_or(FsError::NotFound)?;
+        self.attr(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps() {
+        let m: IdMap = "0:1000:1:1:100000:65536".parse().unwrap();
+        assert_eq!(m.to_host(0), 1000);
+        assert_eq!(m.to_host(1), 100000);
+        assert_eq!(m.to_host(65536), 165535);
+        assert_eq!(m.to_host(65537), OVERFLOW_ID);
+        assert_eq!(IdMap::default().to_host(5), 5);
+        assert_eq!(IdMap::default().to_host(1 << 40), OVERFLOW_ID);
+        assert!("1:2".parse::<IdMap>().is_err());
+        assert!("a:b:c".parse::<IdMap>().is_err());
+    }
+
+    #[test]
+    fn times_before_1970() {
+        assert_eq!(time(-1, 0), UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(time(5, 7), UNIX_EPOCH + Duration::from_nanos(5_000_000_007));
+    }
+}

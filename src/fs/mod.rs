@@ -1,0 +1,125 @@
+//! The FUSE filesystem: the merged tree of an image, served read-only straight from the
+//! layer blobs.
+//!
+//! Everything a request needs is immutable after the mount starts ([`Image`] behind an
+//! `Arc`), so the multi-threaded session serves requests without locks, and the kernel may
+//! cache entries, attributes and pages for as long as it likes. Each FUSE operation is a thin
+//! adapter in `ops.rs` over an inner function returning `Result<_, FsError>`; the adapter
+//! replies exactly once, with data or a precise errno.
+//!
+//! Files: `attr.rs` (lookup, getattr, ownership mapping), `read.rs` (open, read, readlink),
+//! `dir.rs` (readdir, readdirplus), `xattr.rs` (getxattr, listxattr), `ops.rs` (the trait).
+
+mod attr;
+mod dir;
+mod ops;
+mod read;
+mod xattr;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use attr::IdMap;
+
+use crate::layer::index::Entry;
+use crate::layer::reader::ReadAt;
+use crate::tree::{NodeId, Tree};
+
+/// How long the kernel may cache entries and attributes: the lower view never changes while
+/// mounted, so the only limit is memory the kernel chooses to reclaim.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// An image ready to serve: its merged tree and, per layer, its entries and content stream.
+pub struct Image {
+    pub tree: Tree,
+    pub layers: Vec<Layer>,
+}
+
+/// One layer's entries (indexed by `tree::Source::entry`) and its uncompressed stream.
+pub struct Layer {
+    pub entries: Vec<Entry>,
+    pub stream: Box<dyn ReadAt>,
+}
+
+impl Image {
+    fn entry(&self, id: NodeId) -> Option<&Entry> {
+        let source = self.tree.node(id)?.source?;
+        self.layers
+            .get(source.layer as usize)?
+            .entries
+            .get(source.entry as usize)
+    }
+}
+
+/// Mount-time choices that change what requests see.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub uid_map: IdMap,
+    pub gid_map: IdMap,
+}
+
+/// The `fuser::Filesystem`.
+pub struct LayerFs {
+    image: Arc<Image>,
+    options: Options,
+    /// Totals for statfs.
+    total_bytes: u64,
+}
+
+impl LayerFs {
+    pub fn new(image: Arc<Image>, options: Options) -> LayerFs {
+        let total_bytes = image
+            .layers
+            .iter()
+            .flat_map(|l| l.entries.iter())
+            .map(|e| e.size)
+            .sum();
+        LayerFs {
+            image,
+            options,
+            total_bytes,
+        }
+    }
+}
+
+/// What an operation can fail with; each maps to one errno.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FsError {
+    NotFound,
+    NotDir,
+    IsDir,
+    ReadOnly,
+    NoData,
+    Range,
+    Invalid,
+    Io,
+}
+
+impl FsError {
+    fn errno(&self) -> fuser::Errno {
+        use fuser::Errno;
+        match self {
+            FsError::NotFound => Errno::ENOENT,
+            FsError::NotDir => Errno::ENOTDIR,
+            FsError::IsDir => Errno::EISDIR,
+            FsError::ReadOnly => Errno::EROFS,
+            FsError::NoData => Errno::ENODATA,
+            FsError::Range => Errno::ERANGE,
+            FsError::Invalid => Errno::EINVAL,
+            FsError::Io => Errno::EIO,
+        }
+    }
+}
+
+/// The node behind an inode number.
+fn node_id(ino: fuser::INodeNo) -> Result<NodeId, FsError> {
+    u64::from(ino)
+        .checked_sub(1)
+        .and_then(|i| u32::try_from(i).ok())
+        .map(NodeId)
+        .ok_or(FsError::NotFound)
+}
+
+fn ino(id: NodeId) -> fuser::INodeNo {
+    fuser::INodeNo(u64::from(id.0) + 1)
+}
