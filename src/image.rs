@@ -40,6 +40,9 @@ pub mod media {
 
 /// Ref-name annotation of the OCI image layout.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// On a ref whose manifest layerfs converted to OCI media types: the digest of the manifest
+/// exactly as the registry served it (kept in the store too).
+pub const ANNOTATION_SOURCE_DIGEST: &str = "layerfs.source-digest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -329,6 +332,39 @@ impl Manifest {
             None if self.config.media_type == media::DOCKER_CONFIG => media::DOCKER_MANIFEST,
             None => media::OCI_MANIFEST,
         }
+    }
+}
+
+impl Manifest {
+    /// The same image with OCI media types, for a Docker schema 2 manifest: OCI image-layout
+    /// readers (skopeo, umoci) only look at OCI manifests. Config and layer blobs are
+    /// unchanged; only the descriptors' media types differ. `None` if already OCI.
+    pub fn to_oci(&self) -> Option<Manifest> {
+        if self.media_type() != media::DOCKER_MANIFEST {
+            return None;
+        }
+        let convert = |d: &Descriptor| {
+            let media_type = match d.media_type.as_str() {
+                media::DOCKER_CONFIG => media::OCI_CONFIG,
+                media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+                media::DOCKER_LAYER => media::OCI_LAYER,
+                media::DOCKER_FOREIGN => {
+                    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+                }
+                other => other,
+            };
+            Descriptor {
+                media_type: media_type.to_owned(),
+                ..d.clone()
+            }
+        };
+        Some(Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_owned()),
+            config: convert(&self.config),
+            layers: self.layers.iter().map(convert).collect(),
+            annotations: self.annotations.clone(),
+        })
     }
 }
 

@@ -252,7 +252,28 @@ pub fn pull(
     // Everything verified: publish config and manifest, then the ref.
     store.put_blob(&cfg_desc.digest, &config_bytes)?;
     store.put_blob(&digest, &bytes)?;
-    let mut descriptor = Descriptor::new(manifest.media_type(), digest.clone(), bytes.len() as u64);
+    let mut descriptor = match manifest.to_oci() {
+        Some(oci) => {
+            let oci_bytes = serde_json::to_vec(&oci).map_err(|e| image::Error::Json {
+                what: what.clone(),
+                kind: "converted manifest",
+                source: e,
+            })?;
+            let oci_digest = Digest::of(&oci_bytes);
+            store.put_blob(&oci_digest, &oci_bytes)?;
+            let mut d = Descriptor::new(
+                image::media::OCI_MANIFEST,
+                oci_digest,
+                oci_bytes.len() as u64,
+            );
+            d.annotations.insert(
+                image::ANNOTATION_SOURCE_DIGEST.to_owned(),
+                digest.to_string(),
+            );
+            d
+        }
+        None => Descriptor::new(manifest.media_type(), digest.clone(), bytes.len() as u64),
+    };
     descriptor.platform = Some(platform.clone());
     let name = reference.to_string();
     store.set_ref(&name, &descriptor)?;

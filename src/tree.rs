@@ -429,7 +429,11 @@ mod tests {
                     Body::Symlink => "l",
                     _ => "s",
                 };
-                format!("{} {k}{}", String::from_utf8_lossy(&p), n.source.map_or(9, |s| s.layer))
+                format!(
+                    "{} {k}{}",
+                    String::from_utf8_lossy(&p),
+                    n.source.map_or(9, |s| s.layer)
+                )
             })
             .collect();
         v.sort();

@@ -33,16 +33,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .into_iter()
         .map(|r| match store.image(&r.descriptor) {
             Ok(img) => Row {
+                digest: r.source_digest(),
                 reference: r.name,
-                digest: r.descriptor.digest.to_string(),
                 size: img.size(),
                 created: img.config.created.clone(),
                 platform: Some(img.platform().to_string()),
                 error: None,
             },
             Err(e) => Row {
+                digest: r.source_digest(),
                 reference: r.name,
-                digest: r.descriptor.digest.to_string(),
                 size: r.descriptor.size,
                 created: None,
                 platform: None,

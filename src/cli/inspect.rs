@@ -19,7 +19,11 @@ pub struct Args {
 #[serde(rename_all = "camelCase")]
 struct Inspect {
     reference: String,
+    /// The manifest digest as the registry serves it.
     digest: String,
+    /// The digest of the manifest in the store, when layerfs converted it to OCI media types.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_digest: Option<String>,
     media_type: String,
     platform: Platform,
     created: Option<String>,
@@ -54,8 +58,25 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .image(&found.descriptor)
         .with_context(|| format!("reading {}", found.name))?;
     let run = img.config.config.clone().unwrap_or_default();
-    let layers = img
-        .manifest
+    // Describe the manifest as the registry served it, when layerfs stored a converted copy.
+    let source = found
+        .source_digest()
+        .parse::<crate::digest::Digest>()
+        .ok()
+        .filter(|d| d != &img.manifest_digest)
+        .and_then(|d| {
+            store
+                .read_blob(&d, crate::registry::MAX_MANIFEST_BYTES)
+                .ok()
+        })
+        .and_then(
+            |b| match crate::image::ManifestKind::parse("manifest", None, &b) {
+                Ok(crate::image::ManifestKind::Image(m)) => Some(m),
+                _ => None,
+            },
+        );
+    let manifest = source.as_ref().unwrap_or(&img.manifest);
+    let layers = manifest
         .layers
         .iter()
         .enumerate()
@@ -68,8 +89,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .collect();
     let out = Inspect {
         reference: found.name.clone(),
-        digest: img.manifest_digest.to_string(),
-        media_type: img.manifest.media_type().to_owned(),
+        digest: found.source_digest(),
+        stored_digest: (found.source_digest() != img.manifest_digest.to_string())
+            .then(|| img.manifest_digest.to_string()),
+        media_type: manifest.media_type().to_owned(),
         platform: img.platform(),
         created: img.config.created.clone(),
         author: img.config.author.clone(),
@@ -82,9 +105,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         labels: run.labels.unwrap_or_default(),
         size: img.size(),
         config: LayerRow {
-            digest: img.manifest.config.digest.to_string(),
-            media_type: img.manifest.config.media_type.clone(),
-            size: img.manifest.config.size,
+            digest: manifest.config.digest.to_string(),
+            media_type: manifest.config.media_type.clone(),
+            size: manifest.config.size,
             diff_id: None,
         },
         layers,

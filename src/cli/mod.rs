@@ -9,8 +9,11 @@ mod gc;
 mod images;
 mod inspect;
 mod load;
+// mod mount;
 mod pull;
 mod rm;
+mod umount;
+// mod unpack;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,6 +66,12 @@ pub enum Command {
     Gc(gc::Args),
     /// Import a `docker save` tarball or an OCI archive into the store
     Load(load::Args),
+    // Mount an image's merged rootfs read-only over FUSE
+    // Mount(mount::Args),
+    /// Unmount a layerfs mount
+    Umount(umount::Args),
+    // Write an image's merged rootfs into a directory
+    // Unpack(unpack::Args),
 }
 
 /// Output format for commands that print data.
@@ -112,6 +121,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&ctx, args),
         Command::Gc(args) => gc::run(&ctx, args),
         Command::Load(args) => load::run(&ctx, args),
+        // Command::Mount(args) => mount::run(&ctx, args),
+        Command::Umount(args) => umount::run(&ctx, args),
+        // Command::Unpack(args) => unpack::run(&ctx, args),
     }
 }
 

@@ -25,7 +25,9 @@ impl std::str::FromStr for IdMap {
         let nums: Result<Vec<u64>, _> = s.split(':').map(str::parse::<u64>).collect();
         let nums = nums.map_err(|_| format!("{s:?} is not a list of numbers"))?;
         if nums.is_empty() || nums.len() % 3 != 0 {
-            return Err(format!("{s:?} must be CONTAINER:HOST:SIZE triples separated by ':'"));
+            return Err(format!(
+                "{s:?} must be CONTAINER:HOST:SIZE triples separated by ':'"
+            ));
         }
         Ok(IdMap(nums.chunks(3).map(|c| (c[0], c[1], c[2])).collect()))
     }

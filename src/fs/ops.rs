@@ -8,8 +8,8 @@ use std::path::Path;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::xattr::XattrReply;
@@ -115,7 +115,12 @@ impl Filesystem for LayerFs {
             let Ok(attr) = self.listed_attr(&entry) else {
                 continue;
             };
-            if reply.add(super::ino(entry.id), entry.next, attr.kind, OsStr::from_bytes(entry.name)) {
+            if reply.add(
+                super::ino(entry.id),
+                entry.next,
+                attr.kind,
+                OsStr::from_bytes(entry.name),
+            ) {
                 break;
             }
         }
@@ -139,7 +144,14 @@ impl Filesystem for LayerFs {
                 continue;
             };
             let name = OsStr::from_bytes(entry.name);
-            if reply.add(super::ino(entry.id), entry.next, name, &TTL, &attr, GENERATION) {
+            if reply.add(
+                super::ino(entry.id),
+                entry.next,
+                name,
+                &TTL,
+                &attr,
+                GENERATION,
+            ) {
                 break;
             }
         }

@@ -33,7 +33,10 @@ impl LayerFs {
             .layers
             .get(source.layer as usize)
             .ok_or(FsError::Io)?;
-        let entry = layer.entries.get(source.entry as usize).ok_or(FsError::Io)?;
+        let entry = layer
+            .entries
+            .get(source.entry as usize)
+            .ok_or(FsError::Io)?;
         let want = size.min(MAX_READ) as u64;
         let len = want.min(entry.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; len];

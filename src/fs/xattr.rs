@@ -3,6 +3,9 @@
 use super::{FsError, LayerFs};
 use crate::tree::NodeId;
 
+/// One extended attribute: name and value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 /// A reply to an xattr request: the size asked for, or the bytes.
 pub(super) enum XattrReply {
     Size(u32),
@@ -21,12 +24,17 @@ fn sized(value: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
 }
 
 impl LayerFs {
-    fn xattrs(&self, id: NodeId) -> Result<&[(Vec<u8>, Vec<u8>)], FsError> {
+    fn xattrs(&self, id: NodeId) -> Result<&[Xattr], FsError> {
         self.image.tree.node(id).ok_or(FsError::NotFound)?;
         Ok(self.image.entry(id).map_or(&[][..], |e| &e.xattrs[..]))
     }
 
-    pub(super) fn do_getxattr(&self, id: NodeId, name: &[u8], size: u32) -> Result<XattrReply, FsError> {
+    pub(super) fn do_getxattr(
+        &self,
+        id: NodeId,
+        name: &[u8],
+        size: u32,
+    ) -> Result<XattrReply, FsError> {
         let value = self
             .xattrs(id)?
             .iter()

@@ -6,8 +6,9 @@
 //! corrupt index is rejected on load (and rebuilt by the caller), never trusted.
 
 /// What a tar entry is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -54,10 +55,4 @@ pub struct Entry {
     /// Extended attributes (`SCHILY.xattr.*` and libarchive's `LIBARCHIVE.xattr.*`), in order.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     pub data: Data,
-}
-
-impl Default for Kind {
-    fn default() -> Self {
-        Kind::File
-    }
 }

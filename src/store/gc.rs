@@ -22,7 +22,18 @@ impl Store {
     /// Every blob reachable from `index.json`.
     pub fn reachable(&self) -> Result<HashSet<Digest>> {
         let mut seen = HashSet::new();
-        let mut todo: Vec<Digest> = self.descriptors()?.into_iter().map(|d| d.digest).collect();
+        let mut todo: Vec<Digest> = Vec::new();
+        for d in self.descriptors()? {
+            // A converted manifest keeps the registry's original beside it.
+            if let Some(Ok(source)) = d
+                .annotations
+                .get(crate::image::ANNOTATION_SOURCE_DIGEST)
+                .map(|s| s.parse::<Digest>())
+            {
+                todo.push(source);
+            }
+            todo.push(d.digest);
+        }
         while let Some(digest) = todo.pop() {
             if !seen.insert(digest.clone()) {
                 continue;
@@ -75,6 +86,26 @@ impl Store {
             let entry = entry.map_err(io_err("read", &diffids))?;
             if !blobs.join(entry.file_name()).exists() {
                 let _ = fs::remove_file(entry.path());
+            }
+        }
+
+        // Indexes and caches of blobs that are gone (named <hex>.idx / <hex>.tar).
+        for dir in [self.private("indexes"), self.private("cache")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let hex = name
+                    .to_str()
+                    .and_then(|n| n.split('.').next())
+                    .unwrap_or("");
+                if !blobs.join(hex).is_file() {
+                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    if fs::remove_file(entry.path()).is_ok() {
+                        report.bytes_freed += size;
+                    }
+                }
             }
         }
 

@@ -10,6 +10,9 @@
 //!     index.lock             exclusive while index.json is rewritten
 //!     tmp/<hex>.partial      a download in progress (resumable), guarded by tmp/<hex>.lock
 //!     diffids/<hex>          the verified uncompressed digest of layer blob <hex>
+//!     indexes/<hex>.idx      the layer index of blob <hex> (entries, checkpoints)
+//!     cache/<hex>.tar        decompressed single-frame zstd layers, on first read
+//!     logs/                  logs of background mounts
 //! ```
 //!
 //! Invariants: a file appears under `blobs/` only after its bytes were hashed, compared with
@@ -114,7 +117,11 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
         };
-        fs::create_dir_all(root).map_err(io_err("create store", root))?;
+        let private = root.join(PRIVATE_DIR);
+        fs::create_dir_all(&private).map_err(io_err("create store", root))?;
+        // First-time setup by concurrent commands is serialised, so none sees another's
+        // half-made layout.
+        let _setup = store.lock_file("init.lock", true)?;
         let layout = root.join("oci-layout");
         match fs::read(&layout) {
             Ok(bytes) => {
@@ -152,6 +159,7 @@ impl Store {
             store.root.join("blobs/sha256"),
             store.private("tmp"),
             store.private("diffids"),
+            store.private("indexes"),
         ] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
@@ -282,6 +290,12 @@ impl Store {
     pub fn diff_id(&self, digest: &Digest) -> Option<Digest> {
         let text = fs::read_to_string(self.private("diffids").join(digest.hex())).ok()?;
         text.trim().parse().ok()
+    }
+
+    // LAYER_INDEX_FNS
+    /// Where a decompressed copy of layer blob `digest` may be cached.
+    pub fn cache_path(&self, digest: &Digest) -> PathBuf {
+        self.private("cache").join(format!("{}.tar", digest.hex()))
     }
 
     /// Record that layer blob `digest` decompresses to content with digest `diff_id`.

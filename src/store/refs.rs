@@ -40,6 +40,18 @@ pub struct ImageRef {
     pub descriptor: Descriptor,
 }
 
+impl ImageRef {
+    /// The manifest digest as the registry knows it: the stored one, or for a manifest
+    /// layerfs converted to OCI media types, the original's.
+    pub fn source_digest(&self) -> String {
+        self.descriptor
+            .annotations
+            .get(crate::image::ANNOTATION_SOURCE_DIGEST)
+            .cloned()
+            .unwrap_or_else(|| self.descriptor.digest.to_string())
+    }
+}
+
 impl Store {
     fn read_index(&self) -> Result<LayoutIndex> {
         let path = self.index_path();

@@ -1,0 +1,328 @@
+//! `layerfs mount`: serve an image at a directory. By default the command starts a daemon
+//! (this same binary with `--foreground`), waits until the mount answers, and returns; the
+//! daemon's log goes to a file named in the output. `--foreground` stays attached.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Context;
+use crate::fs::{IdMap, LayerFs};
+
+/// Environment variable naming the fd (as /proc/self/fd/N) a daemon reports readiness on.
+const NOTIFY_ENV: &str = "LAYERFS_NOTIFY_FD";
+/// How long `mount` waits for its daemon to answer; building the tree of a large image that
+/// has no index yet (a `load`ed one) is the slow case.
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// FUSE worker threads at most; more gain nothing on a read-only tree.
+const MAX_THREADS: usize = 8;
+
+const EXAMPLES: &str = "\
+Examples:
+  layerfs mount debian:12 /mnt/debian && ls /mnt/debian && layerfs umount /mnt/debian
+  layerfs mount -o allow_other,default_permissions debian:12 /srv/rootfs
+  layerfs mount -o uidmapping=0:1000:1,gidmapping=0:1000:1 debian:12 ~/rootfs
+  layerfs mount --foreground debian:12 /mnt/debian";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// Image: a reference as pulled, or a manifest digest (prefix)
+    pub image: String,
+
+    /// Directory to mount on
+    pub mountpoint: PathBuf,
+
+    /// Stay attached; log to stderr; SIGINT/SIGTERM unmount
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount options, comma separated: allow_other, allow_root, default_permissions,
+    /// uidmapping=C:H:N[:C:H:N...], gidmapping=..., ro, nodev, dev, nosuid, suid, noexec,
+    /// exec, noatime, atime
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+
+    /// FUSE worker threads [default: the number of CPUs, at most 8]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Memory for decompressed spans of compressed layers, in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub cache_mib: u64,
+
+    /// Log file of the background daemon [default: STORE/layerfs/logs/mount-<name>.log]
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+}
+
+/// Parsed `-o` options.
+#[derive(Debug, Default)]
+struct MountOptions {
+    allow_other: bool,
+    allow_root: bool,
+    default_permissions: bool,
+    uid_map: IdMap,
+    gid_map: IdMap,
+    flags: Vec<fuser::MountOption>,
+}
+
+fn parse_options(opts: &[String]) -> Result<MountOptions> {
+    use fuser::MountOption as M;
+    let mut out = MountOptions::default();
+    for opt in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("allow_other", None) => out.allow_other = true,
+            ("allow_root", None) => out.allow_root = true,
+            ("default_permissions", None) => out.default_permissions = true,
+            ("uidmapping", Some(v)) => {
+                out.uid_map = v.parse().map_err(|e| anyhow::anyhow!("uidmapping: {e}"))?
+            }
+            ("gidmapping", Some(v)) => {
+                out.gid_map = v.parse().map_err(|e| anyhow::anyhow!("gidmapping: {e}"))?
+            }
+            ("ro", None) => {}
+            ("rw", None) => bail!("option rw: this mount is read-only (writable mounts need --upper)"),
+            ("dev", None) => out.flags.push(M::Dev),
+            ("nodev", None) => out.flags.push(M::NoDev),
+            ("suid", None) => out.flags.push(M::Suid),
+            ("nosuid", None) => out.flags.push(M::NoSuid),
+            ("exec", None) => out.flags.push(M::Exec),
+            ("noexec", None) => out.flags.push(M::NoExec),
+            ("atime", None) => out.flags.push(M::Atime),
+            ("noatime", None) => out.flags.push(M::NoAtime),
+            _ => bail!("unknown mount option {opt:?} (see `layerfs mount --help`)"),
+        }
+    }
+    if out.allow_other && out.allow_root {
+        bail!("allow_other and allow_root exclude each other");
+    }
+    Ok(out)
+}
+
+/// True if `path` is a mount point, per /proc/self/mountinfo.
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(unescape_mountinfo)
+            .is_some_and(|m| m == want)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    let options = parse_options(&args.options)?;
+    let mountpoint = std::fs::canonicalize(&args.mountpoint).with_context(|| {
+        format!("mount point {} does not exist", args.mountpoint.display())
+    })?;
+    if !mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    if is_mountpoint(&mountpoint) {
+        bail!(
+            "{} is already a mount point; unmount it first (`layerfs umount {0}`)",
+            mountpoint.display()
+        );
+    }
+    if args.foreground {
+        serve(ctx, &args, options, &mountpoint)
+    } else {
+        start_daemon(ctx, &args, &mountpoint)
+    }
+}
+
+fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
+    let store = ctx.store()?;
+    let log_path = match &args.log {
+        Some(p) => p.clone(),
+        None => {
+            let dir = store.root().join("layerfs/logs");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let name: String = mountpoint
+                .to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            dir.join(format!("mount{name}.log"))
+        }
+    };
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create log file {}", log_path.display()))?;
+    let (mut ready_r, ready_w) = std::io::pipe().context("cannot create a pipe")?;
+    let exe = std::env::current_exe().context("cannot find the layerfs binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(store.root())
+        .arg("mount")
+        .arg("--foreground")
+        .arg("--cache-mib")
+        .arg(args.cache_mib.to_string());
+    if let Some(t) = args.threads {
+        cmd.arg("--threads").arg(t.to_string());
+    }
+    if !args.options.is_empty() {
+        cmd.arg("-o").arg(args.options.join(","));
+    }
+    cmd.arg(&args.image)
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // The child writes one byte to this fd when the mount serves requests; it sees the fd as
+    // its stdout's neighbour through /proc/self/fd, so no fd juggling is needed.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    rustix::io::fcntl_setfd(&ready_w, rustix::io::FdFlags::empty())
+        .context("cannot pass the readiness pipe")?;
+    cmd.env(NOTIFY_ENV, fd.to_string());
+    let mut child = cmd.spawn().context("cannot start the mount daemon")?;
+    drop(ready_w);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = tx.send(matches!(ready_r.read(&mut b), Ok(1)));
+    });
+    let ready = rx.recv_timeout(READY_TIMEOUT).unwrap_or(false);
+    if !ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let last: Vec<&str> = log.lines().rev().take(5).collect();
+        let detail: Vec<&str> = last.into_iter().rev().collect();
+        bail!(
+            "the mount daemon did not start{}{} (log: {})",
+            if detail.is_empty() { "" } else { ": " },
+            detail.join("; "),
+            log_path.display()
+        );
+    }
+    ctx.say(&format!(
+        "mounted {} at {} (pid {}, log {})",
+        args.image,
+        mountpoint.display(),
+        child.id(),
+        log_path.display()
+    ));
+    Ok(())
+}
+
+fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -> Result<()> {
+    let daemon = std::env::var(NOTIFY_ENV).ok();
+    if daemon.is_some() {
+        // Leave the caller's session so its hangup does not end the mount.
+        let _ = rustix::process::setsid();
+    }
+    let store = ctx.store()?;
+    let found = store.find(&args.image)?;
+    let cache = Arc::new(crate::layer::SpanCache::new(args.cache_mib.saturating_mul(1 << 20)));
+    let image = crate::mount::open_image(&store, &found.descriptor, cache)
+        .with_context(|| format!("cannot open {}", found.name))?;
+    let fs = LayerFs::new(
+        Arc::new(image),
+        crate::fs::Options {
+            uid_map: options.uid_map,
+            gid_map: options.gid_map,
+        },
+    );
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("layerfs:{}", found.name)),
+        fuser::MountOption::Subtype("layerfs".into()),
+        fuser::MountOption::RO,
+    ];
+    config.mount_options.extend(options.flags);
+    if options.default_permissions {
+        config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    }
+    config.acl = if options.allow_other {
+        fuser::SessionACL::All
+    } else if options.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    config.n_threads = Some(args.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(fs, mountpoint, &config)
+        .with_context(|| format!("cannot mount on {} (is /dev/fuse usable and fusermount3 installed?)", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+    });
+    log::info!("serving {} at {}", found.name, mountpoint.display());
+    if let Some(fd) = daemon {
+        notify_ready(&fd);
+    }
+    session.run().context("the FUSE session failed")?;
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn notify_ready(fd: &str) {
+    use std::io::Write;
+    let path = format!("/proc/self/fd/{fd}");
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(mut f) => {
+            let _ = f.write_all(b"1");
+        }
+        Err(e) => log::warn!("cannot report readiness on {path}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "allow_other".into(),
+            "default_permissions".into(),
+            "uidmapping=0:1000:1".into(),
+            "ro".into(),
+            "nodev".into(),
+        ])
+        .unwrap();
+        assert!(o.allow_other && o.default_permissions);
+        assert_eq!(o.uid_map.to_host(0), 1000);
+        assert_eq!(o.flags, vec![fuser::MountOption::NoDev]);
+        for bad in ["bogus", "uidmapping=1:2", "rw", "allow_other=1"] {
+            assert!(parse_options(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(parse_options(&["allow_other".into(), "allow_root".into()]).is_err());
+    }
+}

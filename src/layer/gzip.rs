@@ -1,0 +1,1111 @@
+//! gzip layers: one pass that inflates and records checkpoints, then positional reads that
+//! resume from the nearest checkpoint.
+//!
+//! gzip cannot be entered mid-stream: every byte depends on the bits before it and on up to
+//! 32 KiB of earlier output. So the pull's single pass over a layer ([`inflate_indexed`]) stops
+//! the inflater at deflate block boundaries and, about every [`DEFAULT_SPAN`] bytes of output,
+//! records a [`Checkpoint`]: where in the compressed blob the next block starts (to the bit) and
+//! the 32 KiB of output before it (the method of zlib's `zran.c`, see DESIGN.md). Later a
+//! [`GzipReader`] serves a read by inflating from the nearest checkpoint at or before it to the
+//! next checkpoint, and keeps that whole decompressed span in a [`SpanCache`], so a file read
+//! front to back inflates each span once.
+//!
+//! Layers may be several gzip members one after the other (pigz, estargz); each member's CRC-32
+//! and size are checked in the indexing pass. A checkpoint always lies inside a member, before a
+//! block that is not the member's last, and its window never reaches back into an earlier member
+//! (so a checkpoint at the very start of a member has an empty window). A read that runs past
+//! the end of a member skips its trailer and carries on into the next member.
+//!
+//! Memory: the cache holds at most its byte budget of spans; a span too large to cache (a
+//! deflate stream with huge blocks gives huge spans) is inflated straight into the caller's
+//! buffer instead, which is slow but bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use crate::sys::zlib::{self, Flush, Format, Inflater, Status};
+
+/// Uncompressed bytes between checkpoints. A read inflates on average half a span more than it
+/// needs, and each checkpoint costs a 32 KiB window in the index (about 3% of the layer), so
+/// ~1 MiB balances read latency against index size (DESIGN.md).
+pub const DEFAULT_SPAN: u64 = 1 << 20;
+/// Default memory for decompressed spans, shared by all layers of a mount: room for dozens of
+/// spans, so many files can be read at once without each thread evicting the others' spans.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// deflate's largest back-reference distance: the window a checkpoint must carry.
+const WINDOW: usize = 32 << 10;
+/// Output handed to the sink per write in the indexing pass: large, so the per-call costs of
+/// the sink (hashing, tar parsing, file writes) are amortised.
+const OUT_CHUNK: usize = 1 << 20;
+/// Compressed bytes read per `pread` when resuming at a checkpoint; a 1 MiB span of typical
+/// layer data is a few hundred KiB compressed.
+const READ_CHUNK: usize = 128 << 10;
+/// Scratch buffer for output that is inflated only to be skipped.
+const SKIP_CHUNK: usize = 256 << 10;
+/// zlib reports "no progress" when it decodes an empty block from bits it already holds; that
+/// can happen only a few times in a row (at most 63 bits are held), so more means a stall.
+const MAX_STALLS: u32 = 64;
+/// A span larger than this share of the cache budget is not cached, so the cache always has
+/// room for several spans and readers of different files do not evict each other every read.
+const CACHED_SHARE: u64 = 4;
+/// Bytes of a gzip member's trailer: CRC-32 and size, four bytes each.
+const TRAILER: u64 = 8;
+/// The first byte of a gzip member's magic number.
+const GZIP_MAGIC0: u8 = 0x1f;
+
+/// A place where inflating can resume (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Offset in the uncompressed stream.
+    pub out: u64,
+    /// Byte offset in the compressed blob where inflating resumes.
+    pub input: u64,
+    /// How many bits (0-7) of the byte before `input` are still to be consumed: its high bits.
+    pub bits: u8,
+    /// Up to 32 KiB of uncompressed output just before `out` (raw; the index compresses it).
+    pub window: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the gzip stream: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing the uncompressed stream: {0}")]
+    Sink(#[source] io::Error),
+    #[error(
+        "the gzip stream is corrupt near compressed byte {offset}: {source}; the blob is \
+         damaged: pull the image again"
+    )]
+    Corrupt {
+        offset: u64,
+        #[source]
+        source: zlib::Error,
+    },
+    #[error(
+        "the gzip stream ends early, after {offset} compressed bytes: the blob is truncated; \
+         pull the image again"
+    )]
+    Truncated { offset: u64 },
+    #[error("the gzip stream stalled at compressed byte {offset} without making progress")]
+    Stalled { offset: u64 },
+    #[error(
+        "unexpected data at compressed byte {offset}, after the last gzip member: the blob is \
+         damaged or not a gzip stream"
+    )]
+    TrailingGarbage { offset: u64 },
+    #[error("the gzip checkpoints are inconsistent ({0}); rebuild the layer index")]
+    BadIndex(&'static str),
+    #[error("starting zlib: {0}")]
+    Zlib(#[source] zlib::Error),
+}
+
+/// Inflate the whole gzip stream `input` (one or more members) into `sink`, and return the
+/// checkpoints: one at the start of the stream, then one at the first block boundary after every
+/// `span` bytes of output (a `span` of 0 counts as 1).
+///
+/// Every byte of `input` is consumed: all members, and zero bytes after the last one (padding
+/// some tools add). Anything else after the last member, a truncated stream, invalid deflate
+/// data, or a wrong CRC-32 or size in a member's trailer is an error.
+pub fn inflate_indexed(
+    input: &mut dyn BufRead,
+    sink: &mut dyn Write,
+    span: u64,
+) -> Result<Vec<Checkpoint>, Error> {
+    let span = span.max(1);
+    let mut z = Inflater::new(Format::Gzip).map_err(Error::Zlib)?;
+    // Output accumulates after the window kept from the previous chunk.
+    let mut out = vec![0u8; WINDOW + OUT_CHUNK];
+    let mut filled = 0usize;
+    let mut flushed = 0usize;
+    let mut total_in = 0u64;
+    let mut total_out = 0u64;
+    let mut member_start = 0u64;
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    let mut stalls = 0u32;
+
+    if input.fill_buf().map_err(Error::Read)?.is_empty() {
+        return Err(Error::Truncated { offset: 0 });
+    }
+    loop {
+        if filled == out.len() {
+            sink.write_all(out.get(flushed..).unwrap_or_default())
+                .map_err(Error::Sink)?;
+            out.copy_within(filled - WINDOW.., 0);
+            filled = WINDOW;
+            flushed = WINDOW;
+        }
+        let chunk = input.fill_buf().map_err(Error::Read)?;
+        let at_eof = chunk.is_empty();
+        let step = z
+            .inflate(chunk, out.get_mut(filled..).unwrap_or_default(), Flush::Block)
+            .map_err(|source| Error::Corrupt {
+                offset: total_in,
+                source,
+            })?;
+        input.consume(step.consumed);
+        total_in += step.consumed as u64;
+        filled += step.produced;
+        total_out += step.produced as u64;
+
+        match step.status {
+            Status::StreamEnd => {
+                if !next_member(input, &mut total_in)? {
+                    break;
+                }
+                z.reset(Format::Gzip).map_err(Error::Zlib)?;
+                member_start = total_out;
+                stalls = 0;
+                continue;
+            }
+            Status::Ok => stalls = 0,
+            Status::NoProgress if at_eof => return Err(Error::Truncated { offset: total_in }),
+            Status::NoProgress => {
+                stalls += 1;
+                if stalls > MAX_STALLS {
+                    return Err(Error::Stalled { offset: total_in });
+                }
+            }
+        }
+
+        let Some(unused) = z.block_boundary() else {
+            continue;
+        };
+        let due = match checkpoints.last() {
+            None => true,
+            Some(last) => total_out - last.out >= span,
+        };
+        if due {
+            // The inflater holds `unused` bits of input it has taken: whole bytes of them are
+            // still to come after the checkpoint, the rest are the high bits of the byte before.
+            let whole = u64::from(unused / 8);
+            let bits = (unused % 8) as u8;
+            let input_at = total_in
+                .checked_sub(whole)
+                .ok_or(Error::Stalled { offset: total_in })?;
+            let keep = usize::try_from((total_out - member_start).min(WINDOW as u64))
+                .unwrap_or(WINDOW);
+            let window = out
+                .get(filled.saturating_sub(keep)..filled)
+                .unwrap_or_default()
+                .to_vec();
+            checkpoints.push(Checkpoint {
+                out: total_out,
+                input: input_at,
+                bits,
+                window,
+            });
+        }
+    }
+    sink.write_all(out.get(flushed..filled).unwrap_or_default())
+        .map_err(Error::Sink)?;
+    Ok(checkpoints)
+}
+
+/// After a member's end: is another member next (`true`), or the end of the stream (`false`,
+/// after consuming any zero padding)?
+fn next_member(input: &mut dyn BufRead, total_in: &mut u64) -> Result<bool, Error> {
+    let buf = input.fill_buf().map_err(Error::Read)?;
+    match buf.first() {
+        None => return Ok(false),
+        // zlib checks the rest of the header.
+        Some(&GZIP_MAGIC0) => return Ok(true),
+        Some(0) => {}
+        Some(_) => return Err(Error::TrailingGarbage { offset: *total_in }),
+    }
+    loop {
+        let buf = input.fill_buf().map_err(Error::Read)?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        if let Some(at) = buf.iter().position(|&b| b != 0) {
+            return Err(Error::TrailingGarbage {
+                offset: *total_in + at as u64,
+            });
+        }
+        let n = buf.len();
+        input.consume(n);
+        *total_in += n as u64;
+    }
+}
+
+/// Which span of a layer: the cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanKey {
+    /// Any number unique among the layers sharing one cache.
+    pub layer: u64,
+    /// The span's number within its layer (a checkpoint or frame index).
+    pub span: u64,
+}
+
+/// Decompressed spans of compressed layers, least recently used evicted first, holding at most
+/// `budget` bytes. Shared by all readers of a mount (and usable by both gzip and zstd readers).
+///
+/// Concurrent readers of one missing span wait for the first to decompress it rather than each
+/// decompressing it again (the kernel reads a big file ahead on several threads at once).
+pub struct SpanCache {
+    budget: u64,
+    lru: Mutex<Lru>,
+    loaded: Condvar,
+}
+
+#[derive(Default)]
+struct Lru {
+    slots: HashMap<SpanKey, Slot>,
+    /// Use tick → key, oldest first; only ready spans are in it.
+    order: BTreeMap<u64, SpanKey>,
+    used: u64,
+    tick: u64,
+}
+
+enum Slot {
+    /// Some thread is decompressing this span; wait on `SpanCache::loaded`.
+    Loading,
+    Ready { data: Arc<[u8]>, tick: u64 },
+}
+
+impl Lru {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    fn touch(&mut self, key: SpanKey) -> Option<Arc<[u8]>> {
+        let tick = self.next_tick();
+        let Some(Slot::Ready { data, tick: old }) = self.slots.get_mut(&key) else {
+            return None;
+        };
+        let previous = std::mem::replace(old, tick);
+        let data = data.clone();
+        self.order.remove(&previous);
+        self.order.insert(tick, key);
+        Some(data)
+    }
+
+    fn insert(&mut self, key: SpanKey, data: Arc<[u8]>, budget: u64) {
+        let len = data.len() as u64;
+        while self.used + len > budget {
+            let Some((_, old)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(Slot::Ready { data, .. }) = self.slots.remove(&old) {
+                self.used -= data.len() as u64;
+            }
+        }
+        if self.used + len > budget {
+            self.slots.remove(&key);
+            return;
+        }
+        let tick = self.next_tick();
+        self.used += len;
+        self.order.insert(tick, key);
+        self.slots.insert(key, Slot::Ready { data, tick });
+    }
+}
+
+impl SpanCache {
+    pub fn new(budget: u64) -> SpanCache {
+        SpanCache {
+            budget,
+            lru: Mutex::new(Lru::default()),
+            loaded: Condvar::new(),
+        }
+    }
+
+    /// The most bytes the cache holds.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Bytes of spans held now.
+    pub fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    /// The largest span worth caching; readers decompress larger ones straight into the
+    /// caller's buffer.
+    pub fn max_entry(&self) -> u64 {
+        self.budget / CACHED_SHARE
+    }
+
+    /// The span `key`, from the cache or from `load` (called at most once at a time per key;
+    /// on error nothing is cached and the error is returned).
+    pub fn get_or_load(
+        &self,
+        key: SpanKey,
+        load: impl FnOnce() -> io::Result<Vec<u8>>,
+    ) -> io::Result<Arc<[u8]>> {
+        let mut lru = self.lock();
+        loop {
+            match lru.slots.get(&key) {
+                Some(Slot::Ready { .. }) => {
+                    if let Some(data) = lru.touch(key) {
+                        return Ok(data);
+                    }
+                }
+                Some(Slot::Loading) => {
+                    lru = self
+                        .loaded
+                        .wait(lru)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                None => break,
+            }
+        }
+        lru.slots.insert(key, Slot::Loading);
+        drop(lru);
+
+        let loading = Loading { cache: self, key };
+        let data: Arc<[u8]> = load()?.into();
+        self.lock().insert(key, data.clone(), self.budget);
+        drop(loading);
+        Ok(data)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru> {
+        // The state stays consistent even if a holder panicked: every update is complete
+        // before the lock is released.
+        self.lru.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Clears a `Loading` slot (when the load failed) and wakes the threads waiting on it.
+struct Loading<'a> {
+    cache: &'a SpanCache,
+    key: SpanKey,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        let mut lru = self.cache.lock();
+        if matches!(lru.slots.get(&self.key), Some(Slot::Loading)) {
+            lru.slots.remove(&self.key);
+        }
+        drop(lru);
+        self.cache.loaded.notify_all();
+    }
+}
+
+/// Positional reads of a gzip layer's uncompressed stream, through its checkpoints. Shared by
+/// many threads: every read uses `pread`, and decompressed spans live in the shared cache.
+pub struct GzipReader {
+    blob: File,
+    checkpoints: Arc<[Checkpoint]>,
+    size: u64,
+    cache: Arc<SpanCache>,
+    layer: u64,
+}
+
+impl GzipReader {
+    /// A reader of the gzip blob `blob`, whose uncompressed stream is `size` bytes long and was
+    /// indexed into `checkpoints`. `layer` tells this layer's spans apart from other layers' in
+    /// `cache`.
+    pub fn new(
+        blob: File,
+        checkpoints: impl Into<Arc<[Checkpoint]>>,
+        size: u64,
+        cache: Arc<SpanCache>,
+        layer: u64,
+    ) -> Result<GzipReader, Error> {
+        let checkpoints = checkpoints.into();
+        validate(&checkpoints, size)?;
+        Ok(GzipReader {
+            blob,
+            checkpoints,
+            size,
+            cache,
+            layer,
+        })
+    }
+
+    /// Length of the uncompressed stream.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Read up to `buf.len()` bytes at `offset` of the uncompressed stream; fewer only at its
+    /// end (0 at or past it). Corrupt compressed data is an `InvalidData` error.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset.saturating_add(done as u64);
+            if pos >= self.size {
+                break;
+            }
+            let (i, start, end) = self.span_of(pos)?;
+            let rest = buf.get_mut(done..).unwrap_or_default();
+            let want = usize::try_from(end - pos).map_or(rest.len(), |n| n.min(rest.len()));
+            let dst = rest.get_mut(..want).unwrap_or_default();
+            let within = pos - start;
+            if end - start <= self.cache.max_entry() {
+                let key = SpanKey {
+                    layer: self.layer,
+                    span: i as u64,
+                };
+                let len = end - start;
+                let span = self.cache.get_or_load(key, || self.inflate_span(i, len))?;
+                let src = usize::try_from(within)
+                    .ok()
+                    .and_then(|w| span.get(w..w.checked_add(want)?))
+                    .ok_or_else(|| invalid(format!("span {i} of gzip layer is short")))?;
+                dst.copy_from_slice(src);
+            } else {
+                let mut resume = Resume::at(&self.blob, self.checkpoint(i)?)?;
+                resume.skip(within)?;
+                resume.fill_exact(dst)?;
+            }
+            done += want;
+        }
+        Ok(done)
+    }
+
+    /// The span holding `pos` (< size): its checkpoint index, first and end offsets.
+    fn span_of(&self, pos: u64) -> io::Result<(usize, u64, u64)> {
+        let next = self.checkpoints.partition_point(|c| c.out <= pos);
+        let i = next
+            .checked_sub(1)
+            .ok_or_else(|| invalid("no gzip checkpoint before the offset".to_owned()))?;
+        let start = self.checkpoint(i)?.out;
+        let end = self.checkpoints.get(next).map_or(self.size, |c| c.out);
+        Ok((i, start, end))
+    }
+
+    fn checkpoint(&self, i: usize) -> io::Result<&Checkpoint> {
+        self.checkpoints
+            .get(i)
+            .ok_or_else(|| invalid(format!("gzip checkpoint {i} is missing")))
+    }
+
+    /// Decompress span `i`, `len` bytes, whole.
+    fn inflate_span(&self, i: usize, len: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(len)
+            .map_err(|_| invalid(format!("span {i} of the gzip layer is too large")))?;
+        let mut out = vec![0u8; len];
+        Resume::at(&self.blob, self.checkpoint(i)?)?.fill_exact(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl super::reader::ReadAt for GzipReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        GzipReader::read_at(self, offset, buf)
+    }
+}
+
+fn validate(checkpoints: &[Checkpoint], size: u64) -> Result<(), Error> {
+    let Some(first) = checkpoints.first() else {
+        return if size == 0 {
+            Ok(())
+        } else {
+            Err(Error::BadIndex("no checkpoint for a non-empty stream"))
+        };
+    };
+    if first.out != 0 {
+        return Err(Error::BadIndex("the first checkpoint is not at offset 0"));
+    }
+    for pair in checkpoints.windows(2) {
+        if let [a, b] = pair
+            && (b.out < a.out || b.input < a.input)
+        {
+            return Err(Error::BadIndex("checkpoints out of order"));
+        }
+    }
+    for c in checkpoints {
+        if c.bits > 7 || (c.bits > 0 && c.input == 0) {
+            return Err(Error::BadIndex("a checkpoint's bit position is invalid"));
+        }
+        if c.window.len() > WINDOW {
+            return Err(Error::BadIndex("a checkpoint's window is over 32 KiB"));
+        }
+        if c.out > size {
+            return Err(Error::BadIndex("a checkpoint lies past the end of the stream"));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn zlib_error(at: u64, e: zlib::Error) -> io::Error {
+    invalid(format!(
+        "the gzip layer is corrupt near compressed byte {at}: {e}"
+    ))
+}
+
+/// Inflating from a checkpoint, reading the blob with `pread`.
+struct Resume<'a> {
+    blob: &'a File,
+    z: Inflater,
+    /// Still in the checkpoint's member, inflated raw: zlib will not consume its trailer.
+    raw: bool,
+    /// Next blob offset to read.
+    pos: u64,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<'a> Resume<'a> {
+    fn at(blob: &'a File, c: &Checkpoint) -> io::Result<Resume<'a>> {
+        let mut z = Inflater::new(Format::Raw).map_err(|e| zlib_error(c.input, e))?;
+        if c.bits > 0 {
+            let mut byte = [0u8; 1];
+            let at = c.input.saturating_sub(1);
+            blob.read_exact_at(&mut byte, at).map_err(|e| short(e, at))?;
+            let value = byte[0] >> (8 - c.bits);
+            z.prime(c.bits, u16::from(value))
+                .map_err(|e| zlib_error(c.input, e))?;
+        }
+        if !c.window.is_empty() {
+            z.set_window(&c.window).map_err(|e| zlib_error(c.input, e))?;
+        }
+        Ok(Resume {
+            blob,
+            z,
+            raw: true,
+            pos: c.input,
+            buf: vec![0u8; READ_CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+        })
+    }
+
+    /// Inflate and throw away `n` bytes.
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut scratch = vec![0u8; usize::try_from(n).map_or(SKIP_CHUNK, |n| n.min(SKIP_CHUNK))];
+        while n > 0 {
+            let len = usize::try_from(n).map_or(scratch.len(), |n| n.min(scratch.len()));
+            self.fill_exact(scratch.get_mut(..len).unwrap_or_default())?;
+            n -= len as u64;
+        }
+        Ok(())
+    }
+
+    /// Inflate exactly `out.len()` bytes into `out`.
+    fn fill_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut filled = 0usize;
+        let mut stalls = 0u32;
+        while filled < out.len() {
+            if self.start == self.end && !self.eof {
+                self.refill()?;
+            }
+            let at = self.pos - (self.end - self.start) as u64;
+            let input = self.buf.get(self.start..self.end).unwrap_or_default();
+            let dst = out.get_mut(filled..).unwrap_or_default();
+            let step = self
+                .z
+                .inflate(input, dst, Flush::None)
+                .map_err(|e| zlib_error(at, e))?;
+            self.start += step.consumed;
+            filled += step.produced;
+            match step.status {
+                Status::Ok => stalls = 0,
+                Status::StreamEnd => {
+                    self.next_member()?;
+                    stalls = 0;
+                }
+                Status::NoProgress if self.eof && self.start == self.end => {
+                    return Err(invalid(format!(
+                        "the gzip layer ends early, at compressed byte {}",
+                        self.pos
+                    )));
+                }
+                Status::NoProgress => {
+                    stalls += 1;
+                    if stalls > MAX_STALLS {
+                        return Err(invalid(format!(
+                            "inflating the gzip layer stalled at compressed byte {at}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Past the end of a member: skip its trailer if zlib did not read it, and expect the next
+    /// member's header (checked by zlib, which then also checks that member's trailer).
+    fn next_member(&mut self) -> io::Result<()> {
+        if self.raw {
+            let buffered = (self.end - self.start) as u64;
+            if buffered >= TRAILER {
+                self.start += TRAILER as usize;
+            } else {
+                self.pos += TRAILER - buffered;
+                self.start = self.end;
+            }
+            self.raw = false;
+        }
+        self.z
+            .reset(Format::Gzip)
+            .map_err(|e| zlib_error(self.pos, e))
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        loop {
+            match self.blob.read_at(&mut self.buf, self.pos) {
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                    self.pos += n as u64;
+                    self.eof = n == 0;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn short(e: io::Error, at: u64) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        invalid(format!("the gzip layer ends before compressed byte {at}"))
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Read};
+    use std::process::Command;
+
+    /// Deterministic pseudo-random numbers for tests (xorshift64).
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Text-like data that compresses about 3:1.
+    fn semi(len: usize, seed: u64) -> Vec<u8> {
+        const WORDS: &[&str] = &[
+            "layer", "tar", "gzip", "window", "span", "usr", "lib", "bin", "etc", "share",
+            "x86_64", "linux", "gnu", "so", "python3", "site-packages", "__init__", "README",
+            "copyright", "changelog", "debian", "alpine", "musl", "busybox", "zoneinfo",
+        ];
+        let mut rng = XorShift(seed | 1);
+        let mut out = Vec::with_capacity(len + 32);
+        while out.len() < len {
+            match rng.below(8) {
+                0 => out.extend(format!("{:x}", rng.next()).as_bytes()),
+                1 => out.push(b'\n'),
+                2 => out.push(b'/'),
+                _ => out.extend(WORDS[rng.below(WORDS.len() as u64) as usize].as_bytes()),
+            }
+            out.push(b' ');
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = XorShift(seed | 1);
+        (0..len).map(|_| rng.next() as u8).collect()
+    }
+
+    fn gz(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn index(blob: &[u8], span: u64) -> Result<(Vec<u8>, Vec<Checkpoint>), Error> {
+        let mut out = Vec::new();
+        let mut input = BufReader::with_capacity(64 << 10, blob);
+        let cps = inflate_indexed(&mut input, &mut out, span)?;
+        Ok((out, cps))
+    }
+
+    fn blob_file(blob: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(blob).unwrap();
+        f
+    }
+
+    fn reader(blob: &[u8], cps: Vec<Checkpoint>, size: u64, budget: u64) -> GzipReader {
+        let cache = Arc::new(SpanCache::new(budget));
+        GzipReader::new(blob_file(blob), cps, size, cache, 7).unwrap()
+    }
+
+    /// Index `blob`, check the output is `data`, then read it back at random places.
+    fn check(blob: &[u8], data: &[u8], span: u64, budget: u64) -> Vec<Checkpoint> {
+        let (out, cps) = index(blob, span).unwrap();
+        assert_eq!(out.len(), data.len());
+        assert!(out == data, "inflated output differs");
+        assert_eq!(cps.first().map(|c| c.out), Some(0));
+        for pair in cps.windows(2) {
+            assert!(pair[1].out - pair[0].out >= span.max(1));
+        }
+        let r = reader(blob, cps.clone(), data.len() as u64, budget);
+        let mut rng = XorShift(data.len() as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        let len = data.len() as u64;
+        for _ in 0..300 {
+            let off = rng.below(len + 64);
+            let n = rng.below(3 * span.min(1 << 20) + 10) as usize;
+            let mut buf = vec![0xaau8; n];
+            let got = r.read_at(off, &mut buf).unwrap();
+            let want = data.get(off as usize..).map_or(&[][..], |d| &d[..n.min(d.len())]);
+            assert_eq!(got, want.len(), "read of {n} at {off}");
+            assert!(&buf[..got] == want, "read of {n} at {off} differs");
+            assert!(r.cache.used() <= r.cache.budget());
+        }
+        // Front to back, in FUSE-sized pieces.
+        let mut back = Vec::with_capacity(data.len());
+        let mut buf = vec![0u8; 128 << 10];
+        loop {
+            let n = r.read_at(back.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        assert!(back == data, "sequential read differs");
+        assert_eq!(r.read_at(len, &mut buf).unwrap(), 0);
+        assert_eq!(r.read_at(len + 1000, &mut buf).unwrap(), 0);
+        assert_eq!(r.read_at(u64::MAX, &mut buf).unwrap(), 0);
+        cps
+    }
+
+    #[test]
+    fn single_member_levels_1_and_9() {
+        let data = semi(3 << 20, 1);
+        for level in [1, 9] {
+            let cps = check(&gz(&data, level), &data, 256 << 10, 4 << 20);
+            assert!(cps.len() >= 8, "{} checkpoints", cps.len());
+        }
+    }
+
+    #[test]
+    fn default_span_gives_about_one_checkpoint_per_mib() {
+        let data = semi(8 << 20, 2);
+        let cps = check(&gz(&data, 6), &data, DEFAULT_SPAN, DEFAULT_CACHE_BYTES);
+        assert!((6..=9).contains(&cps.len()), "{} checkpoints", cps.len());
+        assert!(cps.iter().skip(1).all(|c| c.window.len() == WINDOW));
+        assert!(cps[0].window.is_empty());
+    }
+
+    #[test]
+    fn multi_member_with_empty_members() {
+        let data = semi(2 << 20, 3);
+        let cuts = [0usize, 0, 1000, 300_000, 300_000, 1_500_000, data.len(), data.len()];
+        let mut blob = Vec::new();
+        for pair in cuts.windows(2) {
+            blob.extend(gz(&data[pair[0]..pair[1]], 6));
+        }
+        check(&blob, &data, 100 << 10, 2 << 20);
+        // Spans that cross members, and checkpoints at member starts.
+        check(&blob, &data, 1, 2 << 20);
+        check(&blob, &data, 700 << 10, 8 << 20);
+    }
+
+    #[test]
+    fn many_small_members() {
+        let data = semi(600_000, 4);
+        let mut blob = Vec::new();
+        for chunk in data.chunks(5_000) {
+            blob.extend(gz(chunk, 6));
+        }
+        check(&blob, &data, 64 << 10, 1 << 20);
+    }
+
+    #[test]
+    fn incompressible_data() {
+        let data = random(2 << 20, 5);
+        check(&gz(&data, 6), &data, 200 << 10, 4 << 20);
+        check(&gz(&data, 0), &data, 200 << 10, 4 << 20);
+    }
+
+    #[test]
+    fn zeros_give_large_spans_from_few_bytes() {
+        let data = vec![0u8; 24 << 20];
+        let blob = gz(&data, 9);
+        assert!(blob.len() < 100 << 10);
+        check(&blob, &data, DEFAULT_SPAN, 64 << 20);
+        // A cache too small for these spans: reads inflate straight into the buffer.
+        check(&blob, &data, DEFAULT_SPAN, 2 << 20);
+    }
+
+    #[test]
+    fn tiny_and_empty_streams() {
+        check(&gz(b"hello", 6), b"hello", DEFAULT_SPAN, 1 << 20);
+        let cps = check(&gz(b"", 6), b"", DEFAULT_SPAN, 1 << 20);
+        assert_eq!(cps.len(), 1);
+        let mut two_empty = gz(b"", 6);
+        two_empty.extend(gz(b"", 1));
+        check(&two_empty, b"", 1, 1 << 20);
+    }
+
+    #[test]
+    fn trailing_zeros_are_consumed_but_garbage_is_an_error() {
+        let data = semi(100_000, 6);
+        let mut blob = gz(&data, 6);
+        let n = blob.len();
+        blob.extend(vec![0u8; 70_000]);
+        let mut input = BufReader::with_capacity(4096, &blob[..]);
+        let mut out = Vec::new();
+        inflate_indexed(&mut input, &mut out, DEFAULT_SPAN).unwrap();
+        assert!(out == data);
+        assert_eq!(input.fill_buf().unwrap().len(), 0);
+
+        blob.push(1);
+        let err = index(&blob, DEFAULT_SPAN).unwrap_err();
+        assert!(
+            matches!(err, Error::TrailingGarbage { offset } if offset == n as u64 + 70_000),
+            "{err}"
+        );
+        let mut junk = gz(&data, 6);
+        junk.extend(b"junk");
+        let err = index(&junk, DEFAULT_SPAN).unwrap_err();
+        assert!(matches!(err, Error::TrailingGarbage { offset } if offset == n as u64), "{err}");
+    }
+
+    #[test]
+    fn empty_input_is_an_error() {
+        let err = index(b"", DEFAULT_SPAN).unwrap_err();
+        assert!(matches!(err, Error::Truncated { offset: 0 }), "{err}");
+        let err = index(b"not gzip", DEFAULT_SPAN).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { offset: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_streams_are_errors() {
+        let data = semi(300_000, 7);
+        let mut blob = gz(&data[..100_000], 6);
+        blob.extend(gz(&data[100_000..], 6));
+        let mut rng = XorShift(11);
+        let mut cuts: Vec<usize> = (0..40).map(|_| rng.below(blob.len() as u64) as usize).collect();
+        cuts.extend([1, 2, 9, 10, 11, blob.len() - 8, blob.len() - 1]);
+        for cut in cuts {
+            let err = index(&blob[..cut], 4096).unwrap_err();
+            assert!(
+                matches!(err, Error::Truncated { .. } | Error::Corrupt { .. }),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_streams_are_errors_never_panics() {
+        let data = semi(200_000, 8);
+        let blob = gz(&data, 6);
+        let n = blob.len();
+        // The trailer: CRC-32 and size.
+        for at in [n - 8, n - 5, n - 4, n - 1] {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x40;
+            let err = index(&bad, 4096).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "flip at {at}: {err}");
+        }
+        // Anywhere in the deflate data: an error, or (if the flip hit unused bits) the same
+        // output; never a panic.
+        let mut rng = XorShift(12);
+        for _ in 0..200 {
+            let mut bad = blob.clone();
+            let at = 10 + rng.below((n - 18) as u64) as usize;
+            bad[at] ^= 1 << rng.below(8);
+            if let Ok((out, _)) = index(&bad, 4096) {
+                assert!(out == data, "flip at {at} went undetected");
+            }
+        }
+    }
+
+    #[test]
+    fn reads_of_a_damaged_blob_are_errors() {
+        let data = semi(2 << 20, 9);
+        let blob = gz(&data, 6);
+        let (_, cps) = index(&blob, 128 << 10).unwrap();
+        // Truncated on disk after indexing.
+        let r = reader(&blob[..blob.len() / 2], cps.clone(), data.len() as u64, 4 << 20);
+        let mut buf = vec![0u8; 4096];
+        let err = r.read_at(data.len() as u64 - 10, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // Overwritten in the middle of a span.
+        let mut bad = blob.clone();
+        let at = (cps[4].input as usize + cps[5].input as usize) / 2;
+        for b in &mut bad[at..at + 64] {
+            *b = !*b;
+        }
+        let r = reader(&bad, cps.clone(), data.len() as u64, 4 << 20);
+        let err = r.read_at(cps[5].out - 100, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // A bad checkpoint list is refused up front.
+        let cache = Arc::new(SpanCache::new(1 << 20));
+        let mut reordered = cps.clone();
+        reordered.swap(1, 2);
+        assert!(matches!(
+            GzipReader::new(blob_file(&blob), reordered, data.len() as u64, cache.clone(), 0),
+            Err(Error::BadIndex(_))
+        ));
+        assert!(matches!(
+            GzipReader::new(blob_file(&blob), Vec::new(), 1, cache, 0),
+            Err(Error::BadIndex(_))
+        ));
+    }
+
+    #[test]
+    fn checkpoints_with_leftover_bits_resume_exactly() {
+        // Level 1 on mixed data gives blocks that end mid-byte.
+        let mut data = semi(1 << 20, 10);
+        data.extend(random(300_000, 10));
+        data.extend(semi(1 << 20, 11));
+        let cps = check(&gz(&data, 1), &data, 16 << 10, 1 << 20);
+        assert!(cps.iter().any(|c| c.bits != 0));
+    }
+
+    #[test]
+    fn cache_respects_its_budget_and_shares_spans() {
+        let data = semi(4 << 20, 13);
+        let blob = gz(&data, 6);
+        let (_, cps) = index(&blob, 256 << 10).unwrap();
+        let budget = 1 << 20;
+        let cache = Arc::new(SpanCache::new(budget));
+        let readers: Vec<GzipReader> = (0..3)
+            .map(|layer| {
+                GzipReader::new(blob_file(&blob), cps.clone(), data.len() as u64, cache.clone(), layer)
+                    .unwrap()
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (t, r) in readers.iter().enumerate() {
+                let data = &data;
+                let cache = &cache;
+                s.spawn(move || {
+                    let mut rng = XorShift(t as u64 + 100);
+                    let mut buf = vec![0u8; 100_000];
+                    for _ in 0..100 {
+                        let off = rng.below(data.len() as u64);
+                        let n = r.read_at(off, &mut buf).unwrap();
+                        assert!(buf[..n] == data[off as usize..off as usize + n]);
+                        assert!(cache.used() <= budget);
+                    }
+                });
+            }
+        });
+        assert!(cache.used() <= budget);
+        assert!(cache.used() > 0);
+    }
+
+    #[test]
+    fn span_cache_evicts_least_recently_used() {
+        let cache = SpanCache::new(300);
+        let key = |span| SpanKey { layer: 1, span };
+        let load = |n: usize| move || Ok(vec![n as u8; 100]);
+        cache.get_or_load(key(0), load(0)).unwrap();
+        cache.get_or_load(key(1), load(1)).unwrap();
+        cache.get_or_load(key(2), load(2)).unwrap();
+        assert_eq!(cache.used(), 300);
+        // Touch 0, then add 3: 1 is the least recently used and goes.
+        cache.get_or_load(key(0), || panic!("0 is cached")).unwrap();
+        cache.get_or_load(key(3), load(3)).unwrap();
+        assert_eq!(cache.used(), 300);
+        cache.get_or_load(key(0), || panic!("0 is cached")).unwrap();
+        cache.get_or_load(key(2), || panic!("2 is cached")).unwrap();
+        let again = cache.get_or_load(key(1), load(9)).unwrap();
+        assert_eq!(again[0], 9);
+        // Too big to hold: returned, not cached; an error caches nothing.
+        let big = cache.get_or_load(key(4), || Ok(vec![4; 301])).unwrap();
+        assert_eq!(big.len(), 301);
+        assert!(cache.used() <= 300);
+        let err = cache
+            .get_or_load(key(5), || Err(io::Error::other("boom")))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(cache.get_or_load(key(5), load(5)).unwrap()[0], 5);
+    }
+
+    fn cli_gzip(tool: &str, args: &[&str], data: &[u8]) -> Option<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::write(&path, data).unwrap();
+        let out = match Command::new(tool).args(args).arg(&path).output() {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("skipping the {tool} case: cannot run {tool}: {e}");
+                return None;
+            }
+        };
+        assert!(out.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Some(out.stdout)
+    }
+
+    #[test]
+    fn output_of_the_gzip_and_pigz_tools() {
+        let mut data = semi(3 << 20, 14);
+        data.extend(random(500_000, 14));
+        data.extend(vec![0u8; 2 << 20]);
+        for (tool, args) in [
+            ("gzip", &["-c", "-6"][..]),
+            ("gzip", &["-c", "-1"][..]),
+            ("pigz", &["-c", "-p", "4"][..]),
+            ("pigz", &["-c", "-i", "-b", "64"][..]),
+        ] {
+            if let Some(blob) = cli_gzip(tool, args, &data) {
+                check(&blob, &data, 256 << 10, 8 << 20);
+            }
+        }
+    }
+
+    /// Throughput of the indexing pass against flate2's `MultiGzDecoder` (run with
+    /// `cargo test --release --lib layer::gzip -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn throughput_against_flate2() {
+        let data = semi(100 << 20, 15);
+        let blob = gz(&data, 6);
+        let mb = data.len() as f64 / 1e6;
+        println!("{mb:.0} MB of data, {:.1} MB gzip", blob.len() as f64 / 1e6);
+        for round in 0..3 {
+            let t = std::time::Instant::now();
+            let mut input = BufReader::with_capacity(256 << 10, &blob[..]);
+            let cps = inflate_indexed(&mut input, &mut io::sink(), DEFAULT_SPAN).unwrap();
+            let ours = t.elapsed().as_secs_f64();
+
+            let t = std::time::Instant::now();
+            let input = BufReader::with_capacity(256 << 10, &blob[..]);
+            let mut d = flate2::bufread::MultiGzDecoder::new(input);
+            let mut buf = vec![0u8; 256 << 10];
+            let mut n = 0usize;
+            loop {
+                let k = d.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            assert_eq!(n, data.len());
+            let theirs = t.elapsed().as_secs_f64();
+            println!(
+                "round {round}: inflate_indexed {:.0} MB/s ({} checkpoints), \
+                 flate2 MultiGzDecoder {:.0} MB/s",
+                mb / ours,
+                cps.len(),
+                mb / theirs
+            );
+        }
+    }
+}

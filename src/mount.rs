@@ -1,0 +1,94 @@
+//! Opening a stored image for serving: each layer's index (loaded, or built once from the blob
+//! and kept), its content stream, and the merged tree. Shared by `mount` and `unpack`.
+
+use std::sync::Arc;
+
+use crate::fs::{Image, Layer};
+use crate::image::Descriptor;
+use crate::layer::{self, SpanCache};
+use crate::store::{self, Store};
+use crate::tree::{self, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: crate::digest::Digest,
+        #[source]
+        source: layer::Error,
+    },
+    #[error(
+        "layer {digest} decompresses to {found}, but the image config says {expected}; \
+         the store is damaged: pull the image again"
+    )]
+    DiffId {
+        digest: crate::digest::Digest,
+        expected: crate::digest::Digest,
+        found: crate::digest::Digest,
+    },
+    #[error(transparent)]
+    Tree(#[from] tree::Error),
+}
+
+/// Load everything needed to serve the image `descriptor` names.
+pub fn open_image(
+    store: &Store,
+    descriptor: &Descriptor,
+    cache: Arc<SpanCache>,
+) -> Result<Image, Error> {
+    let stored = store.image(descriptor)?;
+    let mut indexes = Vec::with_capacity(stored.manifest.layers.len());
+    for (i, desc) in stored.manifest.layers.iter().enumerate() {
+        let index = match store.layer_index(&desc.digest) {
+            Some(index) => index,
+            None => {
+                log::info!("indexing layer {} (done once)", desc.digest);
+                let file = std::fs::File::open(store.blob_path(&desc.digest))
+                    .map_err(|e| store::Error::Io {
+                        action: "open",
+                        path: store.blob_path(&desc.digest),
+                        source: e,
+                    })?;
+                let index = layer::index_stream(desc.digest.clone(), file).map_err(|source| {
+                    Error::Layer {
+                        digest: desc.digest.clone(),
+                        source,
+                    }
+                })?;
+                store.save_layer_index(&index)?;
+                index
+            }
+        };
+        if let Some(expected) = stored.config.rootfs.diff_ids.get(i)
+            && expected != &index.diff_id
+        {
+            return Err(Error::DiffId {
+                digest: desc.digest.clone(),
+                expected: expected.clone(),
+                found: index.diff_id.clone(),
+            });
+        }
+        indexes.push(index);
+    }
+    let tree = {
+        let slices: Vec<&[layer::index::Entry]> =
+            indexes.iter().map(|i| i.entries.as_slice()).collect();
+        Tree::build(&slices)?
+    };
+    let mut layers = Vec::with_capacity(indexes.len());
+    for (id, index) in indexes.into_iter().enumerate() {
+        let stream = layer::open_stream(store, &index, id as u64, cache.clone()).map_err(
+            |source| Error::Layer {
+                digest: index.blob.clone(),
+                source,
+            },
+        )?;
+        layers.push(Layer {
+            entries: index.entries,
+            stream,
+        });
+    }
+    Ok(Image { tree, layers })
+}
