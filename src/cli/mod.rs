@@ -5,6 +5,7 @@
 //! 3 image not found (in the store or the registry), 4 authentication or authorisation
 //! failure, 5 verification failure (a digest, size or diff_id that does not match).
 
+mod docs;
 mod gc;
 mod images;
 mod inspect;
@@ -72,6 +73,11 @@ pub enum Command {
     Umount(umount::Args),
     // Write an image's merged rootfs into a directory
     // Unpack(unpack::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(docs::CompletionArgs),
+    /// Write the man pages into a directory
+    #[command(hide = true)]
+    GenerateMan(docs::ManArgs),
 }
 
 /// Output format for commands that print data.
@@ -124,6 +130,8 @@ pub fn run(cli: Cli) -> Result<()> {
         // Command::Mount(args) => mount::run(&ctx, args),
         Command::Umount(args) => umount::run(&ctx, args),
         // Command::Unpack(args) => unpack::run(&ctx, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::GenerateMan(args) => docs::write_man(args),
     }
 }
 
@@ -243,6 +251,20 @@ mod tests {
             (5 << 30, "5.0 GiB"),
         ] {
             assert_eq!(human_size(n), want);
+        }
+    }
+
+    #[test]
+    fn man_pages_are_current() {
+        // man/ is generated from the CLI definition; regenerate with
+        // `layerfs generate-man man` when this fails.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+        for (name, page) in docs::man_pages().unwrap() {
+            let committed = std::fs::read(dir.join(&name)).unwrap_or_default();
+            assert!(
+                committed == page,
+                "man/{name} is out of date: run `cargo run -- generate-man man`"
+            );
         }
     }
 
