@@ -493,24 +493,27 @@ fn import_layer(
             found: m.digest.clone(),
         });
     }
-    let found = match store.diff_id(&m.digest) {
-        Some(known) if store.has_blob(&m.digest) => layer::Uncompressed {
-            compression: Compression::None,
-            diff_id: known,
-            size: 0,
-        },
-        _ => layer::decompress(members.reader(name)?, &mut io::sink()).map_err(|source| {
-            Error::Layer {
-                member: name.to_owned(),
-                source,
-            }
-        })?,
+    let known = store
+        .diff_id(&m.digest)
+        .filter(|_| store.has_blob(&m.digest) && store.layer_index(&m.digest).is_some());
+    let (found, index) = match known {
+        Some(known) => (known, None),
+        None => {
+            let index =
+                layer::index_stream(m.digest.clone(), members.reader(name)?).map_err(|source| {
+                    Error::Layer {
+                        member: name.to_owned(),
+                        source,
+                    }
+                })?;
+            (index.diff_id.clone(), Some(index))
+        }
     };
-    if &found.diff_id != diff_id {
+    if &found != diff_id {
         return Err(Error::DiffIdMismatch {
             member: name.to_owned(),
             expected: diff_id.clone(),
-            found: found.diff_id,
+            found,
         });
     }
     if !store.has_blob(&m.digest) {
@@ -518,6 +521,9 @@ fn import_layer(
             Content::Memory(bytes) => store.put_blob(&m.digest, bytes)?,
             Content::Spooled(path) => store.adopt_blob(&m.digest, path)?,
         }
+    }
+    if let Some(index) = &index {
+        store.save_layer_index(index)?;
     }
     store.record_diff_id(&m.digest, diff_id)?;
     let media_type = match desc {

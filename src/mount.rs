@@ -45,12 +45,13 @@ pub fn open_image(
             Some(index) => index,
             None => {
                 log::info!("indexing layer {} (done once)", desc.digest);
-                let file = std::fs::File::open(store.blob_path(&desc.digest))
-                    .map_err(|e| store::Error::Io {
+                let file = std::fs::File::open(store.blob_path(&desc.digest)).map_err(|e| {
+                    store::Error::Io {
                         action: "open",
                         path: store.blob_path(&desc.digest),
                         source: e,
-                    })?;
+                    }
+                })?;
                 let index = layer::index_stream(desc.digest.clone(), file).map_err(|source| {
                     Error::Layer {
                         digest: desc.digest.clone(),
@@ -79,12 +80,13 @@ pub fn open_image(
     };
     let mut layers = Vec::with_capacity(indexes.len());
     for (id, index) in indexes.into_iter().enumerate() {
-        let stream = layer::open_stream(store, &index, id as u64, cache.clone()).map_err(
-            |source| Error::Layer {
-                digest: index.blob.clone(),
-                source,
-            },
-        )?;
+        let stream =
+            layer::open_stream(store, &index, id as u64, cache.clone()).map_err(|source| {
+                Error::Layer {
+                    digest: index.blob.clone(),
+                    source,
+                }
+            })?;
         layers.push(Layer {
             entries: index.entries,
             stream,

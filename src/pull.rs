@@ -398,15 +398,16 @@ impl LayerJob<'_> {
                                 path: path.clone(),
                                 source,
                             })?;
-                            let found =
-                                layer::decompress(file, &mut io::sink()).map_err(|source| {
+                            let index =
+                                layer::index_stream(digest.clone(), file).map_err(|source| {
                                     Error::Layer {
                                         digest: digest.clone(),
                                         source,
                                     }
                                 })?;
-                            self.store.record_diff_id(digest, &found.diff_id)?;
-                            found.diff_id
+                            self.store.save_layer_index(&index)?;
+                            self.store.record_diff_id(digest, &index.diff_id)?;
+                            index.diff_id
                         }
                     };
                     self.check_diff_id(&diff_id)?;
@@ -452,8 +453,9 @@ impl LayerJob<'_> {
                         }
                         Err(e) => return Err(e.into()),
                     }
-                    self.store.record_diff_id(digest, &got.diff_id)?;
-                    self.check_diff_id(&got.diff_id)?;
+                    self.store.save_layer_index(&got.index)?;
+                    self.store.record_diff_id(digest, &got.index.diff_id)?;
+                    self.check_diff_id(&got.index.diff_id)?;
                     self.progress.layer_done(self.index, digest, false);
                     return Ok(false);
                 }
@@ -521,15 +523,15 @@ impl LayerJob<'_> {
             index: self.index,
             failure: None,
         };
-        let result = layer::decompress(&mut source, &mut io::sink());
+        let result = layer::index_stream(digest.clone(), &mut source);
         let Source {
             hasher, failure, ..
         } = source;
         match (result, failure) {
-            (Ok(u), _) => {
+            (Ok(index), _) => {
                 let len = hasher.len();
                 Ok(Downloaded {
-                    diff_id: u.diff_id,
+                    index,
                     digest: hasher.finish(),
                     len,
                 })
@@ -557,7 +559,8 @@ impl LayerJob<'_> {
 }
 
 struct Downloaded {
-    diff_id: Digest,
+    /// The layer's index, built in the same pass; its `diff_id` is still to be checked.
+    index: layer::index::LayerIndex,
     digest: Digest,
     len: u64,
 }

@@ -64,7 +64,11 @@ fn errno_at(path: &[u8]) -> impl FnOnce(rustix::io::Errno) -> Error + '_ {
 pub fn unpack(image: &Image, target: &Path) -> Result<Report, Error> {
     let tpath = target.as_os_str().as_encoded_bytes();
     std::fs::create_dir_all(target).map_err(io_at(tpath))?;
-    if std::fs::read_dir(target).map_err(io_at(tpath))?.next().is_some() {
+    if std::fs::read_dir(target)
+        .map_err(io_at(tpath))?
+        .next()
+        .is_some()
+    {
         return Err(Error::NotEmpty(target.to_owned()));
     }
     let root = rustix::fs::open(
@@ -88,7 +92,11 @@ pub fn unpack(image: &Image, target: &Path) -> Result<Report, Error> {
 
 fn entry_of<'i>(image: &'i Image, node: &Node) -> Option<&'i Entry> {
     let s = node.source?;
-    image.layers.get(s.layer as usize)?.entries.get(s.entry as usize)
+    image
+        .layers
+        .get(s.layer as usize)?
+        .entries
+        .get(s.entry as usize)
 }
 
 impl Unpacker<'_> {
@@ -138,7 +146,11 @@ impl Unpacker<'_> {
                 let fd = rustix::fs::openat(
                     dir,
                     cname,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     private,
                 )
                 .map_err(errno_at(path))?;
@@ -147,7 +159,9 @@ impl Unpacker<'_> {
                 self.finish_node(id, &OwnedFd::from(file), None, path)?;
             }
             Body::Symlink => {
-                let target = entry_of(self.image, node).map(|e| e.link.clone()).unwrap_or_default();
+                let target = entry_of(self.image, node)
+                    .map(|e| e.link.clone())
+                    .unwrap_or_default();
                 let target = std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&target);
                 rustix::fs::symlinkat(target, dir, cname).map_err(errno_at(path))?;
                 self.finish_node(id, dir, Some(cname), path)?;
@@ -159,9 +173,10 @@ impl Unpacker<'_> {
                     _ => (rustix::fs::FileType::Fifo, false),
                 };
                 if dev && !self.privileged {
-                    self.report
-                        .skipped
-                        .push(format!("{} (device node; needs root)", String::from_utf8_lossy(path)));
+                    self.report.skipped.push(format!(
+                        "{} (device node; needs root)",
+                        String::from_utf8_lossy(path)
+                    ));
                     return Ok(());
                 }
                 let rdev = rustix::fs::makedev(node.dev_major, node.dev_minor);
@@ -174,7 +189,9 @@ impl Unpacker<'_> {
     }
 
     fn copy_content(&mut self, node: &Node, file: &File, path: &[u8]) -> Result<(), Error> {
-        let Some(source) = node.source else { return Ok(()) };
+        let Some(source) = node.source else {
+            return Ok(());
+        };
         let Some(layer) = self.image.layers.get(source.layer as usize) else {
             return Ok(());
         };
@@ -191,7 +208,8 @@ impl Unpacker<'_> {
             let mut pos = start;
             let end = start.saturating_add(len).min(entry.size);
             while pos < end {
-                let want = usize::try_from((end - pos).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
+                let want =
+                    usize::try_from((end - pos).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
                 let n = read_entry(layer.stream.as_ref(), entry, pos, &mut buf[..want])
                     .map_err(io_at(path))?;
                 if n == 0 {

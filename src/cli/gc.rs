@@ -11,11 +11,12 @@ pub struct Args {}
 pub fn run(ctx: &Context, _args: Args) -> Result<()> {
     let store = ctx.store()?;
     let report = store.gc()?;
-    println!(
-        "freed {} bytes ({}) in {} blobs",
+    super::out!(
+        "freed {} bytes ({}) in {} blobs, and {} of indexes, caches and stale downloads",
         report.bytes_freed,
         human_size(report.bytes_freed),
-        report.blobs_removed
+        report.blobs_removed,
+        human_size(report.private_bytes_freed)
     );
     Ok(())
 }

@@ -28,8 +28,9 @@ struct Row {
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let store = ctx.store()?;
-    let rows: Vec<Row> = store
-        .refs()?
+    let mut refs = store.refs()?;
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows: Vec<Row> = refs
         .into_iter()
         .map(|r| match store.image(&r.descriptor) {
             Ok(img) => Row {
@@ -51,22 +52,25 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         })
         .collect();
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Format::Table => print_table(&rows),
+        Format::Json => super::out!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => print_table(&rows)?,
     }
     Ok(())
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row]) -> Result<()> {
     let width = rows
         .iter()
         .map(|r| r.reference.len())
         .max()
         .unwrap_or(0)
         .max("REFERENCE".len());
-    println!(
+    super::out!(
         "{:<width$}  {:<12}  {:>10}  {:<19}  PLATFORM",
-        "REFERENCE", "DIGEST", "SIZE", "CREATED"
+        "REFERENCE",
+        "DIGEST",
+        "SIZE",
+        "CREATED"
     );
     for r in rows {
         let digest = r.digest.strip_prefix("sha256:").unwrap_or(&r.digest);
@@ -80,7 +84,7 @@ fn print_table(rows: &[Row]) {
             (Some(p), None) => p.clone(),
             (None, None) => "-".into(),
         };
-        println!(
+        super::out!(
             "{:<width$}  {:<12}  {:>10}  {:<19}  {platform}",
             r.reference,
             &digest[..digest.len().min(12)],
@@ -88,4 +92,5 @@ fn print_table(rows: &[Row]) {
             created
         );
     }
+    Ok(())
 }

@@ -113,6 +113,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         layers,
         history: img.config.history.clone(),
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    super::out!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -35,10 +35,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let loaded = archive::load(&store, &args.file, tag.as_ref())
         .with_context(|| format!("loading {} failed", args.file.display()))?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&loaded)?),
+        Format::Json => super::out!("{}", serde_json::to_string_pretty(&loaded)?),
         Format::Table => {
             for l in &loaded {
-                println!("{} {}", l.reference, l.digest);
+                super::out!("{} {}", l.reference, l.digest);
             }
         }
     }

@@ -10,11 +10,11 @@ mod gc;
 mod images;
 mod inspect;
 mod load;
-// mod mount;
+mod mount;
 mod pull;
 mod rm;
 mod umount;
-// mod unpack;
+mod unpack;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,12 +67,12 @@ pub enum Command {
     Gc(gc::Args),
     /// Import a `docker save` tarball or an OCI archive into the store
     Load(load::Args),
-    // Mount an image's merged rootfs read-only over FUSE
-    // Mount(mount::Args),
+    /// Mount an image's merged rootfs read-only over FUSE
+    Mount(mount::Args),
     /// Unmount a layerfs mount
     Umount(umount::Args),
-    // Write an image's merged rootfs into a directory
-    // Unpack(unpack::Args),
+    /// Write an image's merged rootfs into a directory
+    Unpack(unpack::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs::CompletionArgs),
     /// Write the man pages into a directory
@@ -127,9 +127,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&ctx, args),
         Command::Gc(args) => gc::run(&ctx, args),
         Command::Load(args) => load::run(&ctx, args),
-        // Command::Mount(args) => mount::run(&ctx, args),
+        Command::Mount(args) => mount::run(&ctx, args),
         Command::Umount(args) => umount::run(&ctx, args),
-        // Command::Unpack(args) => unpack::run(&ctx, args),
+        Command::Unpack(args) => unpack::run(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::GenerateMan(args) => docs::write_man(args),
     }
@@ -184,7 +184,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     fn store_code(e: &store::Error) -> Option<u8> {
         match e {
-            store::Error::NoSuchImage(_) => Some(3),
+            store::Error::NoSuchImage(_) | store::Error::Ambiguous(_) => Some(3),
             store::Error::DigestMismatch { .. } | store::Error::SizeMismatch { .. } => Some(5),
             _ => None,
         }
@@ -201,7 +201,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 pull::Error::DigestMismatch { .. }
                 | pull::Error::SizeMismatch { .. }
                 | pull::Error::DiffIdMismatch { .. } => Some(5),
-                pull::Error::NoPlatform { .. } => Some(3),
+                pull::Error::NoPlatform { .. } | pull::Error::WrongPlatform { .. } => Some(3),
                 _ => None,
             }
         } else if let Some(e) = cause.downcast_ref::<archive::Error>() {
@@ -221,6 +221,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
     1
 }
+
+/// Write a line of data to stdout, returning early on failure: a closed pipe surfaces as an
+/// error (main exits 0 on it) instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+pub(crate) use out;
 
 /// `1.5 MiB` style sizes for tables.
 pub fn human_size(bytes: u64) -> String {

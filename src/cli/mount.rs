@@ -90,7 +90,9 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 out.gid_map = v.parse().map_err(|e| anyhow::anyhow!("gidmapping: {e}"))?
             }
             ("ro", None) => {}
-            ("rw", None) => bail!("option rw: this mount is read-only (writable mounts need --upper)"),
+            ("rw", None) => {
+                bail!("option rw: this mount is read-only (writable mounts need --upper)")
+            }
             ("dev", None) => out.flags.push(M::Dev),
             ("nodev", None) => out.flags.push(M::NoDev),
             ("suid", None) => out.flags.push(M::Suid),
@@ -131,9 +133,8 @@ fn unescape_mountinfo(s: &str) -> String {
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let options = parse_options(&args.options)?;
-    let mountpoint = std::fs::canonicalize(&args.mountpoint).with_context(|| {
-        format!("mount point {} does not exist", args.mountpoint.display())
-    })?;
+    let mountpoint = std::fs::canonicalize(&args.mountpoint)
+        .with_context(|| format!("mount point {} does not exist", args.mountpoint.display()))?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
@@ -234,7 +235,9 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     }
     let store = ctx.store()?;
     let found = store.find(&args.image)?;
-    let cache = Arc::new(crate::layer::SpanCache::new(args.cache_mib.saturating_mul(1 << 20)));
+    let cache = Arc::new(crate::layer::SpanCache::new(
+        args.cache_mib.saturating_mul(1 << 20),
+    ));
     let image = crate::mount::open_image(&store, &found.descriptor, cache)
         .with_context(|| format!("cannot open {}", found.name))?;
     let fs = LayerFs::new(
@@ -253,7 +256,9 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     ];
     config.mount_options.extend(options.flags);
     if options.default_permissions {
-        config.mount_options.push(fuser::MountOption::DefaultPermissions);
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
     }
     config.acl = if options.allow_other {
         fuser::SessionACL::All
@@ -266,8 +271,12 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     config.n_threads = Some(args.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
     config.clone_fd = true;
 
-    let mut session = fuser::Session::new(fs, mountpoint, &config)
-        .with_context(|| format!("cannot mount on {} (is /dev/fuse usable and fusermount3 installed?)", mountpoint.display()))?;
+    let mut session = fuser::Session::new(fs, mountpoint, &config).with_context(|| {
+        format!(
+            "cannot mount on {} (is /dev/fuse usable and fusermount3 installed?)",
+            mountpoint.display()
+        )
+    })?;
     let mut unmounter = session.unmount_callable();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

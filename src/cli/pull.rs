@@ -116,16 +116,17 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .with_context(|| format!("pulling {reference} failed"))?;
     reporter.finish();
     ctx.say(&format!(
-        "pulled {} ({}, {} layers, {}, {} already in the store)",
+        "pulled {} ({}, {} layer{}, {}, {} already in the store)",
         pulled.reference,
         pulled.platform,
         pulled.layers,
+        if pulled.layers == 1 { "" } else { "s" },
         human_size(pulled.size),
         pulled.layers_reused
     ));
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&pulled)?),
-        Format::Table => println!("{}", pulled.digest),
+        Format::Json => super::out!("{}", serde_json::to_string_pretty(&pulled)?),
+        Format::Table => super::out!("{}", pulled.digest),
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `layerfs rm`: drop refs; the blobs stay until `layerfs gc`.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::Context;
 
@@ -16,21 +16,34 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let store = ctx.store()?;
-    let mut first_error = None;
+    let mut failed = Vec::new();
     for query in &args.images {
-        let result = store
-            .find(query)
-            .and_then(|r| store.remove_ref(&r.name).map(|()| r.name));
+        let result = store.find_all(query).and_then(|refs| {
+            refs.into_iter()
+                .map(|r| store.remove_ref(&r.name).map(|()| r.name))
+                .collect::<Result<Vec<_>, _>>()
+        });
         match result {
-            Ok(name) => println!("{name}"),
-            Err(e) => {
-                eprintln!("layerfs: {e}");
-                first_error.get_or_insert(e);
+            Ok(names) => {
+                for name in names {
+                    super::out!("{name}");
+                }
             }
+            Err(e) => failed.push(e),
         }
     }
-    match first_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    // One failure is the error; several are each reported, then summarised.
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0).into()),
+        n => {
+            for e in &failed {
+                eprintln!("layerfs: {e}");
+            }
+            Err(failed.remove(0)).context(format!(
+                "{n} of {} images were not removed",
+                args.images.len()
+            ))
+        }
     }
 }

@@ -8,7 +8,9 @@ use anyhow::{Context as _, Result};
 use super::{Context, human_size};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  layerfs unpack debian:12 ./rootfs\n  sudo layerfs unpack debian:12 /srv/rootfs   # as root: ownership and device nodes too")]
+#[command(
+    after_help = "Examples:\n  layerfs unpack debian:12 ./rootfs\n  sudo layerfs unpack debian:12 /srv/rootfs   # as root: ownership and device nodes too"
+)]
 pub struct Args {
     /// Image: a reference as pulled, or a manifest digest (prefix)
     pub image: String,
@@ -20,11 +22,18 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let store = ctx.store()?;
     let found = store.find(&args.image)?;
-    let cache = Arc::new(crate::layer::SpanCache::new(crate::layer::DEFAULT_CACHE_BYTES));
+    let cache = Arc::new(crate::layer::SpanCache::new(
+        crate::layer::DEFAULT_CACHE_BYTES,
+    ));
     let image = crate::mount::open_image(&store, &found.descriptor, cache)
         .with_context(|| format!("cannot open {}", found.name))?;
-    let report = crate::unpack::unpack(&image, &args.dir)
-        .with_context(|| format!("unpacking {} into {} failed", found.name, args.dir.display()))?;
+    let report = crate::unpack::unpack(&image, &args.dir).with_context(|| {
+        format!(
+            "unpacking {} into {} failed",
+            found.name,
+            args.dir.display()
+        )
+    })?;
     for s in &report.skipped {
         log::warn!("left out: {s}");
     }

@@ -16,14 +16,24 @@
 //! (so a checkpoint at the very start of a member has an empty window). A read that runs past
 //! the end of a member skips its trailer and carries on into the next member.
 //!
-//! Memory: the cache holds at most its byte budget of spans; a span too large to cache (a
-//! deflate stream with huge blocks gives huge spans) is inflated straight into the caller's
-//! buffer instead, which is slow but bounded.
+//! A span read from the middle of a member has no CRC to check, so after inflating a span the
+//! reader checks that the deflate stream reaches the next checkpoint exactly at the span's end
+//! (or ends there, for the last span): damage to the blob after it was verified then shows as
+//! an `InvalidData` error rather than as wrong bytes, with high probability.
+//!
+//! Memory: the cache holds at most its byte budget of spans. Spans too large to cache come from
+//! deflate streams written in huge blocks (checkpoints can only go between blocks, and zlib-ng's
+//! and zlib-rs' fastest level writes one block per flush, possibly the whole layer): such a
+//! layer is read through a `LocalCopy` if the caller gives it a path
+//! ([`GzipReader::with_local_copy`]), or else inflated from its checkpoint on every read, which
+//! is slow but bounded. The span cache and local copies serve zstd layers too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{self, BufRead, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::sys::zlib::{self, Flush, Format, Inflater, Status};
@@ -46,6 +56,8 @@ const OUT_CHUNK: usize = 1 << 20;
 const READ_CHUNK: usize = 128 << 10;
 /// Scratch buffer for output that is inflated only to be skipped.
 const SKIP_CHUNK: usize = 256 << 10;
+/// Buffers for reading a blob and writing a local copy when decompressing a whole layer.
+const COPY_BUFFER: usize = 1 << 20;
 /// zlib reports "no progress" when it decodes an empty block from bits it already holds; that
 /// can happen only a few times in a row (at most 63 bits are held), so more means a stall.
 const MAX_STALLS: u32 = 64;
@@ -138,10 +150,22 @@ pub fn inflate_indexed(
             filled = WINDOW;
             flushed = WINDOW;
         }
+        // Until a checkpoint is due, inflate freely but no further than where it becomes due;
+        // from there, stop at every block boundary until one is taken. (Stopping at every
+        // block all along costs ~10%: zlib copies its window on every return.)
+        let room = out.get_mut(filled..).unwrap_or_default();
+        let due = checkpoints.last().map_or(0, |c| c.out.saturating_add(span));
+        let (room, flush) = match due.checked_sub(total_out) {
+            Some(left) if left > 0 => {
+                let n = usize::try_from(left).map_or(room.len(), |n| n.min(room.len()));
+                (room.get_mut(..n).unwrap_or_default(), Flush::None)
+            }
+            _ => (room, Flush::Block),
+        };
         let chunk = input.fill_buf().map_err(Error::Read)?;
         let at_eof = chunk.is_empty();
         let step = z
-            .inflate(chunk, out.get_mut(filled..).unwrap_or_default(), Flush::Block)
+            .inflate(chunk, room, flush)
             .map_err(|source| Error::Corrupt {
                 offset: total_in,
                 source,
@@ -186,8 +210,8 @@ pub fn inflate_indexed(
             let input_at = total_in
                 .checked_sub(whole)
                 .ok_or(Error::Stalled { offset: total_in })?;
-            let keep = usize::try_from((total_out - member_start).min(WINDOW as u64))
-                .unwrap_or(WINDOW);
+            let keep =
+                usize::try_from((total_out - member_start).min(WINDOW as u64)).unwrap_or(WINDOW);
             let window = out
                 .get(filled.saturating_sub(keep)..filled)
                 .unwrap_or_default()
@@ -264,7 +288,10 @@ struct Lru {
 enum Slot {
     /// Some thread is decompressing this span; wait on `SpanCache::loaded`.
     Loading,
-    Ready { data: Arc<[u8]>, tick: u64 },
+    Ready {
+        data: Arc<[u8]>,
+        tick: u64,
+    },
 }
 
 impl Lru {
@@ -397,6 +424,8 @@ pub struct GzipReader {
     size: u64,
     cache: Arc<SpanCache>,
     layer: u64,
+    /// Set by [`GzipReader::with_local_copy`] when spans are too large to cache.
+    local: Option<LocalCopy>,
 }
 
 impl GzipReader {
@@ -418,7 +447,25 @@ impl GzipReader {
             size,
             cache,
             layer,
+            local: None,
         })
+    }
+
+    /// If some span is too large to cache, serve reads from a decompressed copy of the whole
+    /// layer at `path` instead, made on the first read (see `LocalCopy`). Without this, such
+    /// spans are inflated from their checkpoint on every read. Huge spans come from deflate
+    /// streams written in huge blocks: zlib-ng's and zlib-rs' fastest level writes one block
+    /// per flush, which may be the whole layer.
+    pub fn with_local_copy(mut self, path: PathBuf) -> GzipReader {
+        if self.largest_span() > self.cache.max_entry() {
+            self.local = Some(LocalCopy::new(path, self.size));
+        }
+        self
+    }
+
+    /// Whether reads go through a local decompressed copy rather than span by span.
+    pub fn uses_local_copy(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Length of the uncompressed stream.
@@ -429,6 +476,9 @@ impl GzipReader {
     /// Read up to `buf.len()` bytes at `offset` of the uncompressed stream; fewer only at its
     /// end (0 at or past it). Corrupt compressed data is an `InvalidData` error.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(local) = &self.local {
+            return local.read_at(offset, buf, &|out| self.inflate_all(out));
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset.saturating_add(done as u64);
@@ -445,14 +495,16 @@ impl GzipReader {
                     layer: self.layer,
                     span: i as u64,
                 };
-                let len = end - start;
-                let span = self.cache.get_or_load(key, || self.inflate_span(i, len))?;
+                let span = self
+                    .cache
+                    .get_or_load(key, || self.inflate_span(i, end - start))?;
                 let src = usize::try_from(within)
                     .ok()
                     .and_then(|w| span.get(w..w.checked_add(want)?))
-                    .ok_or_else(|| invalid(format!("span {i} of gzip layer is short")))?;
+                    .ok_or_else(|| invalid(format!("span {i} of the gzip layer is short")))?;
                 dst.copy_from_slice(src);
             } else {
+                // Too large to cache: inflate just what this read needs.
                 let mut resume = Resume::at(&self.blob, self.checkpoint(i)?)?;
                 resume.skip(within)?;
                 resume.fill_exact(dst)?;
@@ -473,19 +525,44 @@ impl GzipReader {
         Ok((i, start, end))
     }
 
+    fn largest_span(&self) -> u64 {
+        let ends = self.checkpoints.iter().skip(1).map(|c| c.out);
+        self.checkpoints
+            .iter()
+            .zip(ends.chain([self.size]))
+            .map(|(c, end)| end - c.out)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn checkpoint(&self, i: usize) -> io::Result<&Checkpoint> {
         self.checkpoints
             .get(i)
             .ok_or_else(|| invalid(format!("gzip checkpoint {i} is missing")))
     }
 
-    /// Decompress span `i`, `len` bytes, whole.
+    /// Decompress span `i`, `len` bytes, whole, and check that the deflate stream reaches the
+    /// next checkpoint exactly there (or ends there, for the last span). Without a CRC for a
+    /// span, that is what catches most damage to the blob after it was verified.
     fn inflate_span(&self, i: usize, len: u64) -> io::Result<Vec<u8>> {
         let len = usize::try_from(len)
             .map_err(|_| invalid(format!("span {i} of the gzip layer is too large")))?;
         let mut out = vec![0u8; len];
-        Resume::at(&self.blob, self.checkpoint(i)?)?.fill_exact(&mut out)?;
+        let mut resume = Resume::at(&self.blob, self.checkpoint(i)?)?;
+        resume.fill_exact(&mut out)?;
+        match self.checkpoints.get(i + 1) {
+            Some(next) => resume.expect_boundary(next)?,
+            None => resume.expect_end()?,
+        }
         Ok(out)
+    }
+
+    /// Inflate the whole blob into `out`, checking every member's CRC-32 and size.
+    fn inflate_all(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut input = BufReader::with_capacity(COPY_BUFFER, Pread::new(&self.blob));
+        inflate_indexed(&mut input, out, u64::MAX)
+            .map(drop)
+            .map_err(|e| invalid(e.to_string()))
     }
 }
 
@@ -521,7 +598,9 @@ fn validate(checkpoints: &[Checkpoint], size: u64) -> Result<(), Error> {
             return Err(Error::BadIndex("a checkpoint's window is over 32 KiB"));
         }
         if c.out > size {
-            return Err(Error::BadIndex("a checkpoint lies past the end of the stream"));
+            return Err(Error::BadIndex(
+                "a checkpoint lies past the end of the stream",
+            ));
         }
     }
     Ok(())
@@ -557,13 +636,15 @@ impl<'a> Resume<'a> {
         if c.bits > 0 {
             let mut byte = [0u8; 1];
             let at = c.input.saturating_sub(1);
-            blob.read_exact_at(&mut byte, at).map_err(|e| short(e, at))?;
+            blob.read_exact_at(&mut byte, at)
+                .map_err(|e| short(e, at))?;
             let value = byte[0] >> (8 - c.bits);
             z.prime(c.bits, u16::from(value))
                 .map_err(|e| zlib_error(c.input, e))?;
         }
         if !c.window.is_empty() {
-            z.set_window(&c.window).map_err(|e| zlib_error(c.input, e))?;
+            z.set_window(&c.window)
+                .map_err(|e| zlib_error(c.input, e))?;
         }
         Ok(Resume {
             blob,
@@ -575,6 +656,11 @@ impl<'a> Resume<'a> {
             end: 0,
             eof: false,
         })
+    }
+
+    /// Blob offset of the next byte not yet given to zlib.
+    fn consumed(&self) -> u64 {
+        self.pos - (self.end - self.start) as u64
     }
 
     /// Inflate and throw away `n` bytes.
@@ -591,29 +677,18 @@ impl<'a> Resume<'a> {
         Ok(())
     }
 
-    /// Inflate exactly `out.len()` bytes into `out`.
+    /// Inflate exactly `out.len()` bytes into `out`. Stops at every block boundary on the way
+    /// (cheap: blocks are tens of KiB), so that it never runs past one unseen and
+    /// [`Resume::expect_boundary`] can check where the span ends.
     fn fill_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
         let mut filled = 0usize;
         let mut stalls = 0u32;
         while filled < out.len() {
-            if self.start == self.end && !self.eof {
-                self.refill()?;
-            }
-            let at = self.pos - (self.end - self.start) as u64;
-            let input = self.buf.get(self.start..self.end).unwrap_or_default();
             let dst = out.get_mut(filled..).unwrap_or_default();
-            let step = self
-                .z
-                .inflate(input, dst, Flush::None)
-                .map_err(|e| zlib_error(at, e))?;
-            self.start += step.consumed;
+            let step = self.step(dst, Flush::Block)?;
             filled += step.produced;
             match step.status {
-                Status::Ok => stalls = 0,
-                Status::StreamEnd => {
-                    self.next_member()?;
-                    stalls = 0;
-                }
+                Status::Ok | Status::StreamEnd => stalls = 0,
                 Status::NoProgress if self.eof && self.start == self.end => {
                     return Err(invalid(format!(
                         "the gzip layer ends early, at compressed byte {}",
@@ -624,13 +699,82 @@ impl<'a> Resume<'a> {
                     stalls += 1;
                     if stalls > MAX_STALLS {
                         return Err(invalid(format!(
-                            "inflating the gzip layer stalled at compressed byte {at}"
+                            "inflating the gzip layer stalled at compressed byte {}",
+                            self.consumed()
                         )));
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// After a span's output: check that no more output comes before the next block boundary,
+    /// and that this boundary is exactly checkpoint `next`.
+    fn expect_boundary(&mut self, next: &Checkpoint) -> io::Result<()> {
+        // Positions in bits from the start of the blob. Boundaries before `next` (empty blocks
+        // the indexing pass ran past) are fine; output or a boundary after it is not.
+        let target = next
+            .input
+            .saturating_mul(8)
+            .saturating_sub(u64::from(next.bits));
+        for _ in 0..MAX_STALLS {
+            if let Some(unused) = self.z.block_boundary() {
+                let here = self
+                    .consumed()
+                    .saturating_mul(8)
+                    .saturating_sub(u64::from(unused));
+                if here == target {
+                    return Ok(());
+                }
+                if here > target {
+                    break;
+                }
+            }
+            // No output space: zlib can only finish the block (or a member and the next
+            // header); it stalls if the stream has more output here than the index says.
+            self.step(&mut [], Flush::Block)?;
+        }
+        Err(invalid(format!(
+            "the gzip layer does not match its index: a block should end at compressed byte {} \
+             but it does not (near byte {}); the blob is damaged or the index is stale",
+            next.input,
+            self.consumed()
+        )))
+    }
+
+    /// After the last span's output: check that the deflate stream ends there (and, if this
+    /// member was read from its start, that its trailer is right).
+    fn expect_end(&mut self) -> io::Result<()> {
+        for _ in 0..MAX_STALLS {
+            if self.step(&mut [], Flush::None)?.status == Status::StreamEnd {
+                return Ok(());
+            }
+        }
+        Err(invalid(format!(
+            "the gzip layer does not end where its index says (near compressed byte {}); the \
+             blob is damaged or the index is stale",
+            self.consumed()
+        )))
+    }
+
+    /// One call to zlib with whatever input is buffered (read more first if none), moving on
+    /// to the next member at the end of one.
+    fn step(&mut self, out: &mut [u8], flush: Flush) -> io::Result<zlib::Step> {
+        if self.start == self.end && !self.eof {
+            self.refill()?;
+        }
+        let at = self.consumed();
+        let input = self.buf.get(self.start..self.end).unwrap_or_default();
+        let step = self
+            .z
+            .inflate(input, out, flush)
+            .map_err(|e| zlib_error(at, e))?;
+        self.start += step.consumed;
+        if step.status == Status::StreamEnd {
+            self.next_member()?;
+        }
+        Ok(step)
     }
 
     /// Past the end of a member: skip its trailer if zlib did not read it, and expect the next
@@ -676,17 +820,148 @@ fn short(e: io::Error, at: u64) -> io::Error {
     }
 }
 
+/// A whole layer decompressed once into a local file, for layers whose spans (gzip) or frames
+/// (zstd) are too large to cache. Made on the first read, under a temporary name beside the
+/// final one: written, checked to be exactly the stream's length, synced and renamed, so a
+/// crash never leaves a partial copy under the final name. An existing file of the right
+/// length is reused as it is; one of the wrong length is replaced.
+pub(super) struct LocalCopy {
+    path: PathBuf,
+    size: u64,
+    /// The open copy once made; the lock also makes other readers wait while one makes it.
+    file: Mutex<Option<Arc<File>>>,
+}
+
+impl LocalCopy {
+    pub(super) fn new(path: PathBuf, size: u64) -> LocalCopy {
+        LocalCopy {
+            path,
+            size,
+            file: Mutex::new(None),
+        }
+    }
+
+    /// Read up to `buf.len()` bytes at `offset`, fewer only at the end of the stream; `make`
+    /// writes the whole uncompressed stream if the copy must be made.
+    pub(super) fn read_at(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        make: &dyn Fn(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        if offset >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = usize::try_from(self.size - offset).map_or(buf.len(), |n| n.min(buf.len()));
+        let file = self.file(make)?;
+        let dst = buf.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(dst, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                invalid(format!(
+                    "{} is shorter than the layer; delete it",
+                    self.path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+        Ok(n)
+    }
+
+    fn file(&self, make: &dyn Fn(&mut dyn Write) -> io::Result<()>) -> io::Result<Arc<File>> {
+        let mut slot = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = &*slot {
+            return Ok(file.clone());
+        }
+        let file = match File::open(&self.path) {
+            Ok(file) if file.metadata()?.len() == self.size => file,
+            Ok(_) => {
+                log::info!(
+                    "{} has the wrong length; decompressing the layer again",
+                    self.path.display()
+                );
+                self.make(make)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.make(make)?,
+            Err(e) => return Err(e),
+        };
+        let file = Arc::new(file);
+        *slot = Some(file.clone());
+        Ok(file)
+    }
+
+    fn make(&self, make: &dyn Fn(&mut dyn Write) -> io::Result<()>) -> io::Result<File> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = self
+            .path
+            .file_name()
+            .ok_or_else(|| invalid(format!("{} names no file", self.path.display())))?;
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut tmp_name = name.to_owned();
+        tmp_name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = self.path.with_file_name(tmp_name);
+        log::info!("decompressing a layer once to {}", self.path.display());
+        let result = (|| {
+            let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut out = BufWriter::with_capacity(COPY_BUFFER, file);
+            make(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            let len = file.metadata()?.len();
+            if len != self.size {
+                return Err(invalid(format!(
+                    "the layer decompresses to {len} bytes, but its index says {}; rebuild \
+                     the layer index",
+                    self.size
+                )));
+            }
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            File::open(&self.path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// A `Read` of a file by `pread`, leaving the file's shared position alone.
+pub(super) struct Pread<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> Pread<'a> {
+    pub(super) fn new(file: &'a File) -> Pread<'a> {
+        Pread { file, pos: 0 }
+    }
+}
+
+impl io::Read for Pread<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{BufReader, Read};
     use std::process::Command;
 
     /// Deterministic pseudo-random numbers for tests (xorshift64).
-    struct XorShift(u64);
+    pub(crate) struct XorShift(pub(crate) u64);
 
     impl XorShift {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             let mut x = self.0;
             x ^= x << 13;
             x ^= x >> 7;
@@ -695,17 +970,39 @@ mod tests {
             x
         }
 
-        fn below(&mut self, n: u64) -> u64 {
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
             self.next() % n.max(1)
         }
     }
 
     /// Text-like data that compresses about 3:1.
-    fn semi(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn semi(len: usize, seed: u64) -> Vec<u8> {
         const WORDS: &[&str] = &[
-            "layer", "tar", "gzip", "window", "span", "usr", "lib", "bin", "etc", "share",
-            "x86_64", "linux", "gnu", "so", "python3", "site-packages", "__init__", "README",
-            "copyright", "changelog", "debian", "alpine", "musl", "busybox", "zoneinfo",
+            "layer",
+            "tar",
+            "gzip",
+            "window",
+            "span",
+            "usr",
+            "lib",
+            "bin",
+            "etc",
+            "share",
+            "x86_64",
+            "linux",
+            "gnu",
+            "so",
+            "python3",
+            "site-packages",
+            "__init__",
+            "README",
+            "copyright",
+            "changelog",
+            "debian",
+            "alpine",
+            "musl",
+            "busybox",
+            "zoneinfo",
         ];
         let mut rng = XorShift(seed | 1);
         let mut out = Vec::with_capacity(len + 32);
@@ -722,14 +1019,13 @@ mod tests {
         out
     }
 
-    fn random(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<u8> {
         let mut rng = XorShift(seed | 1);
         (0..len).map(|_| rng.next() as u8).collect()
     }
 
     fn gz(data: &[u8], level: u32) -> Vec<u8> {
-        let mut e =
-            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
         e.write_all(data).unwrap();
         e.finish().unwrap()
     }
@@ -769,7 +1065,9 @@ mod tests {
             let n = rng.below(3 * span.min(1 << 20) + 10) as usize;
             let mut buf = vec![0xaau8; n];
             let got = r.read_at(off, &mut buf).unwrap();
-            let want = data.get(off as usize..).map_or(&[][..], |d| &d[..n.min(d.len())]);
+            let want = data
+                .get(off as usize..)
+                .map_or(&[][..], |d| &d[..n.min(d.len())]);
             assert_eq!(got, want.len(), "read of {n} at {off}");
             assert!(&buf[..got] == want, "read of {n} at {off} differs");
             assert!(r.cache.used() <= r.cache.budget());
@@ -792,12 +1090,64 @@ mod tests {
     }
 
     #[test]
-    fn single_member_levels_1_and_9() {
+    fn single_member_levels_1_6_and_9() {
         let data = semi(3 << 20, 1);
-        for level in [1, 9] {
+        for level in [1, 6, 9] {
             let cps = check(&gz(&data, level), &data, 256 << 10, 4 << 20);
-            assert!(cps.len() >= 8, "{} checkpoints", cps.len());
+            // zlib-rs' level 1 writes one block per flush: a single span.
+            if level > 1 {
+                assert!(cps.len() >= 8, "{} checkpoints", cps.len());
+            }
         }
+    }
+
+    #[test]
+    fn huge_blocks_are_read_through_a_local_copy() {
+        let data = semi(6 << 20, 16);
+        let blob = gz(&data, 1);
+        let (_, cps) = index(&blob, DEFAULT_SPAN).unwrap();
+        assert!(cps.len() <= 2, "{} checkpoints", cps.len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache").join("layer.tar");
+        let cache = Arc::new(SpanCache::new(8 << 20));
+        let r = GzipReader::new(blob_file(&blob), cps.clone(), data.len() as u64, cache, 1)
+            .unwrap()
+            .with_local_copy(path.clone());
+        assert!(r.uses_local_copy());
+        assert!(!path.exists());
+        let mut buf = vec![0u8; 100_000];
+        for off in [5_000_000u64, 0, 6 << 20, (6 << 20) - 10] {
+            let n = r.read_at(off, &mut buf).unwrap();
+            let want = &data[off as usize..(off as usize + buf.len()).min(data.len())];
+            assert_eq!(n, want.len());
+            assert!(&buf[..n] == want);
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), data.len() as u64);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+            1
+        );
+        // Small spans never need one.
+        let blob6 = gz(&data, 6);
+        let (_, cps6) = index(&blob6, DEFAULT_SPAN).unwrap();
+        let cache = Arc::new(SpanCache::new(8 << 20));
+        let r = GzipReader::new(blob_file(&blob6), cps6, data.len() as u64, cache, 1)
+            .unwrap()
+            .with_local_copy(dir.path().join("other.tar"));
+        assert!(!r.uses_local_copy());
+        // A damaged blob fails the copy, which is not left behind.
+        let cache = Arc::new(SpanCache::new(8 << 20));
+        let mut bad = blob.clone();
+        let n = bad.len();
+        bad[n - 6] ^= 1;
+        let path = dir.path().join("bad.tar");
+        let r = GzipReader::new(blob_file(&bad), cps, data.len() as u64, cache, 1)
+            .unwrap()
+            .with_local_copy(path.clone());
+        let err = r.read_at(0, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -812,7 +1162,16 @@ mod tests {
     #[test]
     fn multi_member_with_empty_members() {
         let data = semi(2 << 20, 3);
-        let cuts = [0usize, 0, 1000, 300_000, 300_000, 1_500_000, data.len(), data.len()];
+        let cuts = [
+            0usize,
+            0,
+            1000,
+            300_000,
+            300_000,
+            1_500_000,
+            data.len(),
+            data.len(),
+        ];
         let mut blob = Vec::new();
         for pair in cuts.windows(2) {
             blob.extend(gz(&data[pair[0]..pair[1]], 6));
@@ -881,7 +1240,10 @@ mod tests {
         let mut junk = gz(&data, 6);
         junk.extend(b"junk");
         let err = index(&junk, DEFAULT_SPAN).unwrap_err();
-        assert!(matches!(err, Error::TrailingGarbage { offset } if offset == n as u64), "{err}");
+        assert!(
+            matches!(err, Error::TrailingGarbage { offset } if offset == n as u64),
+            "{err}"
+        );
     }
 
     #[test]
@@ -898,7 +1260,9 @@ mod tests {
         let mut blob = gz(&data[..100_000], 6);
         blob.extend(gz(&data[100_000..], 6));
         let mut rng = XorShift(11);
-        let mut cuts: Vec<usize> = (0..40).map(|_| rng.below(blob.len() as u64) as usize).collect();
+        let mut cuts: Vec<usize> = (0..40)
+            .map(|_| rng.below(blob.len() as u64) as usize)
+            .collect();
         cuts.extend([1, 2, 9, 10, 11, blob.len() - 8, blob.len() - 1]);
         for cut in cuts {
             let err = index(&blob[..cut], 4096).unwrap_err();
@@ -940,7 +1304,12 @@ mod tests {
         let blob = gz(&data, 6);
         let (_, cps) = index(&blob, 128 << 10).unwrap();
         // Truncated on disk after indexing.
-        let r = reader(&blob[..blob.len() / 2], cps.clone(), data.len() as u64, 4 << 20);
+        let r = reader(
+            &blob[..blob.len() / 2],
+            cps.clone(),
+            data.len() as u64,
+            4 << 20,
+        );
         let mut buf = vec![0u8; 4096];
         let err = r.read_at(data.len() as u64 - 10, &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
@@ -958,7 +1327,13 @@ mod tests {
         let mut reordered = cps.clone();
         reordered.swap(1, 2);
         assert!(matches!(
-            GzipReader::new(blob_file(&blob), reordered, data.len() as u64, cache.clone(), 0),
+            GzipReader::new(
+                blob_file(&blob),
+                reordered,
+                data.len() as u64,
+                cache.clone(),
+                0
+            ),
             Err(Error::BadIndex(_))
         ));
         assert!(matches!(
@@ -986,8 +1361,14 @@ mod tests {
         let cache = Arc::new(SpanCache::new(budget));
         let readers: Vec<GzipReader> = (0..3)
             .map(|layer| {
-                GzipReader::new(blob_file(&blob), cps.clone(), data.len() as u64, cache.clone(), layer)
-                    .unwrap()
+                GzipReader::new(
+                    blob_file(&blob),
+                    cps.clone(),
+                    data.len() as u64,
+                    cache.clone(),
+                    layer,
+                )
+                .unwrap()
             })
             .collect();
         std::thread::scope(|s| {
@@ -1049,7 +1430,11 @@ mod tests {
                 return None;
             }
         };
-        assert!(out.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(out.stdout)
     }
 
@@ -1079,11 +1464,13 @@ mod tests {
         let blob = gz(&data, 6);
         let mb = data.len() as f64 / 1e6;
         println!("{mb:.0} MB of data, {:.1} MB gzip", blob.len() as f64 / 1e6);
-        for round in 0..3 {
+        let (mut best_ours, mut best_theirs) = (f64::MAX, f64::MAX);
+        for _ in 0..7 {
             let t = std::time::Instant::now();
             let mut input = BufReader::with_capacity(256 << 10, &blob[..]);
             let cps = inflate_indexed(&mut input, &mut io::sink(), DEFAULT_SPAN).unwrap();
-            let ours = t.elapsed().as_secs_f64();
+            assert_eq!(cps.len(), 96);
+            best_ours = best_ours.min(t.elapsed().as_secs_f64());
 
             let t = std::time::Instant::now();
             let input = BufReader::with_capacity(256 << 10, &blob[..]);
@@ -1098,14 +1485,12 @@ mod tests {
                 n += k;
             }
             assert_eq!(n, data.len());
-            let theirs = t.elapsed().as_secs_f64();
-            println!(
-                "round {round}: inflate_indexed {:.0} MB/s ({} checkpoints), \
-                 flate2 MultiGzDecoder {:.0} MB/s",
-                mb / ours,
-                cps.len(),
-                mb / theirs
-            );
+            best_theirs = best_theirs.min(t.elapsed().as_secs_f64());
         }
+        println!(
+            "best of 7: inflate_indexed {:.0} MB/s, flate2 MultiGzDecoder {:.0} MB/s",
+            mb / best_ours,
+            mb / best_theirs
+        );
     }
 }

@@ -15,7 +15,10 @@ const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub blobs_removed: u64,
+    /// Bytes of the blobs removed.
     pub bytes_freed: u64,
+    /// Bytes of layerfs' own files removed with them: indexes, caches, stale downloads.
+    pub private_bytes_freed: u64,
 }
 
 impl Store {
@@ -103,7 +106,7 @@ impl Store {
                 if !blobs.join(hex).is_file() {
                     let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                     if fs::remove_file(entry.path()).is_ok() {
-                        report.bytes_freed += size;
+                        report.private_bytes_freed += size;
                     }
                 }
             }
@@ -116,7 +119,7 @@ impl Store {
             let path = entry.path();
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             if fs::remove_file(&path).is_ok() {
-                report.bytes_freed += size;
+                report.private_bytes_freed += size;
             }
         }
         Ok(report)

@@ -66,6 +66,8 @@ pub enum Error {
     NotALayout { path: PathBuf, why: String },
     #[error("the store is damaged: {0}; run `layerfs pull` again for the image")]
     Corrupt(String),
+    #[error("{0} matches several images; give more of the digest or a reference")]
+    Ambiguous(String),
     #[error("no image named {0} in the store (see `layerfs images`)")]
     NoSuchImage(String),
 }
@@ -114,11 +116,13 @@ impl Store {
 
     /// Open the store at `root`, creating an empty layout if the directory is new or empty.
     pub fn open(root: &Path) -> Result<Store> {
+        let private = root.join(PRIVATE_DIR);
+        fs::create_dir_all(&private).map_err(io_err("create store", root))?;
+        // Absolute, so that messages and background mounts name it unambiguously.
+        let root = &fs::canonicalize(root).map_err(io_err("resolve", root))?;
         let store = Store {
             root: root.to_owned(),
         };
-        let private = root.join(PRIVATE_DIR);
-        fs::create_dir_all(&private).map_err(io_err("create store", root))?;
         // First-time setup by concurrent commands is serialised, so none sees another's
         // half-made layout.
         let _setup = store.lock_file("init.lock", true)?;
@@ -292,7 +296,33 @@ impl Store {
         text.trim().parse().ok()
     }
 
-    // LAYER_INDEX_FNS
+    /// The index of layer blob `digest`, if one was built and is intact. A stale, foreign or
+    /// corrupt index is reported and ignored, so the caller rebuilds it.
+    pub fn layer_index(&self, digest: &Digest) -> Option<crate::layer::index::LayerIndex> {
+        let path = self
+            .private("indexes")
+            .join(format!("{}.idx", digest.hex()));
+        let bytes = fs::read(&path).ok()?;
+        match crate::layer::index::LayerIndex::decode(&bytes) {
+            Ok(index) if &index.blob == digest => Some(index),
+            Ok(_) => {
+                log::warn!("{} belongs to another blob; rebuilding it", path.display());
+                None
+            }
+            Err(e) => {
+                log::warn!("{}: {e}; rebuilding it", path.display());
+                None
+            }
+        }
+    }
+
+    pub fn save_layer_index(&self, index: &crate::layer::index::LayerIndex) -> Result<()> {
+        let path = self
+            .private("indexes")
+            .join(format!("{}.idx", index.blob.hex()));
+        self.write_atomic(&path, &index.encode())
+    }
+
     /// Where a decompressed copy of layer blob `digest` may be cached.
     pub fn cache_path(&self, digest: &Digest) -> PathBuf {
         self.private("cache").join(format!("{}.tar", digest.hex()))

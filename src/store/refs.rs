@@ -114,26 +114,49 @@ impl Store {
 
 impl Store {
     /// Find an image by what a user typed: its exact ref name, a reference that normalises to
-    /// one (`debian:12` is `docker.io/library/debian:12`), or a manifest digest (or a unique
-    /// prefix of its hex of at least 6 digits).
+    /// one (`debian:12` is `docker.io/library/debian:12`), or a manifest digest (or a prefix of
+    /// its hex of at least 6 digits). Several refs with the same digest are one image: the first
+    /// is returned.
     pub fn find(&self, query: &str) -> Result<ImageRef> {
+        self.find_all(query)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoSuchImage(query.to_owned()))
+    }
+
+    /// Every ref `query` names: one for a name, all refs of the image for a digest.
+    pub fn find_all(&self, query: &str) -> Result<Vec<ImageRef>> {
         let refs = self.refs()?;
         if let Some(r) = refs.iter().find(|r| r.name == query) {
-            return Ok(r.clone());
+            return Ok(vec![r.clone()]);
         }
         if let Ok(parsed) = query.parse::<crate::reference::Reference>() {
             let normalised = parsed.to_string();
             if let Some(r) = refs.iter().find(|r| r.name == normalised) {
-                return Ok(r.clone());
+                return Ok(vec![r.clone()]);
             }
         }
         let hex = query.strip_prefix("sha256:").unwrap_or(query);
-        if hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut hits = refs
+        if hex.len() >= 6 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            let hits: Vec<ImageRef> = refs
                 .iter()
-                .filter(|r| r.descriptor.digest.hex().starts_with(hex));
-            if let (Some(hit), None) = (hits.next(), hits.next()) {
-                return Ok(hit.clone());
+                .filter(|r| {
+                    r.descriptor.digest.hex().starts_with(hex)
+                        || r.source_digest()
+                            .trim_start_matches("sha256:")
+                            .starts_with(hex)
+                })
+                .cloned()
+                .collect();
+            let first = hits.first().map(|r| r.descriptor.digest.clone());
+            if hits
+                .iter()
+                .any(|r| Some(&r.descriptor.digest) != first.as_ref())
+            {
+                return Err(Error::Ambiguous(query.to_owned()));
+            }
+            if !hits.is_empty() {
+                return Ok(hits);
             }
         }
         Err(Error::NoSuchImage(query.to_owned()))

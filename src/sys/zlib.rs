@@ -107,14 +107,8 @@ impl Inflater {
         // SAFETY: `stream` is a valid, boxed (so never moving) z_stream with its allocator
         // fields set; the version string is the library's own NUL-terminated constant and
         // `size` is the size of the struct the library was built with.
-        let code = unsafe {
-            z::inflateInit2_(
-                &mut *stream,
-                format.window_bits(),
-                z::zlibVersion(),
-                size,
-            )
-        };
+        let code =
+            unsafe { z::inflateInit2_(&mut *stream, format.window_bits(), z::zlibVersion(), size) };
         match code {
             z::Z_OK => Ok(Inflater { stream }),
             z::Z_MEM_ERROR => Err(Error::Memory),
@@ -154,7 +148,8 @@ impl Inflater {
         check("inflateSetDictionary", code)
     }
 
-    /// Decompress from `input` into `output`. A zero-length `output` makes no progress.
+    /// Decompress from `input` into `output`. With a zero-length `output` zlib still consumes
+    /// input that yields no output: the end of a block, a gzip trailer and header.
     pub fn inflate(
         &mut self,
         input: &[u8],
