@@ -514,7 +514,7 @@ impl LayerJob<'_> {
             }
             Err(e) => return Err(Retry::Fatal(e.into())),
         };
-        let mut source = Source {
+        let source = Source {
             replay: replay.take(have),
             net,
             out: partial.file(),
@@ -523,10 +523,23 @@ impl LayerJob<'_> {
             index: self.index,
             failure: None,
         };
-        let result = layer::index_stream(digest.clone(), &mut source);
-        let Source {
+        // Two stages on two threads: receiving, storing and hashing the compressed bytes, and
+        // decompressing, hashing and indexing them. A bounded channel keeps memory fixed.
+        let (result, source) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_CHUNKS);
+            let producer = scope.spawn(move || produce(source, tx));
+            let result = layer::index_stream(digest.clone(), ChannelReader::new(rx));
+            (result, producer.join())
+        });
+        let Ok(Source {
             hasher, failure, ..
-        } = source;
+        }) = source
+        else {
+            return Err(Retry::Fatal(Error::Download {
+                digest: digest.clone(),
+                source: io::Error::other("the download thread failed"),
+            }));
+        };
         match (result, failure) {
             (Ok(index), _) => {
                 let len = hasher.len();
@@ -600,6 +613,73 @@ impl Read for Source<'_> {
         self.out.write_all(&buf[..n]).map_err(|e| self.keep(e))?;
         self.hasher.update(&buf[..n]);
         self.progress.layer_bytes(self.index, n as u64);
+        Ok(n)
+    }
+}
+
+/// Chunks in flight between the download and the decompression stage.
+const PIPELINE_CHUNKS: usize = 16;
+/// Size of one chunk (below glibc's default mmap threshold, so chunks recycle cheaply).
+const PIPELINE_CHUNK: usize = 120 << 10;
+
+/// Read `source` to its end into `tx`; a read error is sent along, then reading stops. Stops
+/// early when the receiver is gone (decompression failed).
+fn produce(
+    mut source: Source<'_>,
+    tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> Source<'_> {
+    loop {
+        let mut buf = vec![0u8; PIPELINE_CHUNK];
+        match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                break;
+            }
+        }
+    }
+    source
+}
+
+/// The decompression stage's view of the chunks the download stage sends.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the sender finished
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }

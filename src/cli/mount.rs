@@ -172,6 +172,10 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     let (mut ready_r, ready_w) = std::io::pipe().context("cannot create a pipe")?;
     let exe = std::env::current_exe().context("cannot find the layerfs binary")?;
     let mut cmd = Command::new(exe);
+    // The daemon's log says what it serves and why it stopped, unless told otherwise.
+    if !ctx.quiet && std::env::var_os("RUST_LOG").is_none() {
+        cmd.arg("-v");
+    }
     cmd.arg("--store")
         .arg(store.root())
         .arg("mount")

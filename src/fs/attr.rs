@@ -12,6 +12,9 @@ use crate::tree::{Body, Node, NodeId};
 const OVERFLOW_ID: u32 = 65534;
 /// Block size reported by stat: a good unit for reads through FUSE.
 const BLOCK_SIZE: u32 = 4096;
+/// Size shown for directories (tar records none): one block, as local filesystems and kernel
+/// overlayfs over them show.
+const DIR_SIZE: u64 = 4096;
 
 /// `CONTAINER:HOST:SIZE[:CONTAINER:HOST:SIZE…]` ranges: image id `CONTAINER+i` shows as
 /// `HOST+i`. Empty means ids are shown as the image has them.
@@ -77,10 +80,15 @@ impl LayerFs {
     pub(super) fn attr(&self, id: NodeId) -> Result<FileAttr, FsError> {
         let node = self.image.tree.node(id).ok_or(FsError::NotFound)?;
         let t = time(node.mtime, node.mtime_nsec);
+        let (size, stored) = if node.is_dir() {
+            (DIR_SIZE, DIR_SIZE)
+        } else {
+            (node.size, node.stored)
+        };
         Ok(FileAttr {
             ino: ino(id),
-            size: node.size,
-            blocks: node.stored.div_ceil(512),
+            size,
+            blocks: stored.div_ceil(512),
             atime: t,
             mtime: t,
             ctime: t,
