@@ -40,6 +40,9 @@ oci_image_cached "$CACHE/demo/oci" "$SUITE" /bin/bash "$ROOTFS"
 
 WORK=$(mktemp -d -t layerfs-demo.XXXXXX)
 cleanup() {
+    if [ -n "${MNT:-}" ] && grep -q " $MNT fuse" /proc/mounts 2>/dev/null; then
+        "$LAYERFS" umount "$MNT" >/dev/null 2>&1 || fusermount3 -uz "$MNT" || true
+    fi
     stop_registry
     rm -rf "$WORK"
 }
@@ -85,11 +88,20 @@ show "$LAYERFS" images
 show "$LAYERFS" rm localhost/demo/debian:saved
 show "$LAYERFS" gc
 
-# ---------------------------------------------------------------------------------------------
-# MOUNT: not yet available. When `layerfs mount` lands, the demo goes on here: mount $REF on
-# $WORK/mnt, read /etc/os-release through FUSE, write a file (it lands in the upper directory),
-# unmount, and show the upper directory.
-# ---------------------------------------------------------------------------------------------
+say "mount serves the merged rootfs over FUSE straight from the compressed layer (no extraction):"
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+show "$LAYERFS" mount "$REF" "$MNT"
+show ls "$MNT"
+show cat "$MNT/etc/os-release"
+show stat -c '%n %U:%G %a %s bytes' "$MNT/etc/shadow" "$MNT/usr/bin/bash"
+if [ "$(id -u)" -eq 0 ]; then
+    say "programs of the image run from the mount:"
+    show chroot "$MNT" /bin/sh -c 'cat /etc/debian_version; dpkg -l | grep -c ^ii'
+fi
+say "it is read-only; layerfs umount ends it:"
+show sh -c "touch '$MNT/new-file' || true"
+show "$LAYERFS" umount "$MNT"
 
 say "done. The store stays in $STORE; try:"
 cat <<EOF
@@ -98,5 +110,6 @@ cat <<EOF
   $LAYERFS inspect $REF
   skopeo inspect oci:$STORE:$REF
   umoci ls --layout $STORE
+  mkdir -p /tmp/rootfs && $LAYERFS mount $REF /tmp/rootfs && ls /tmp/rootfs && $LAYERFS umount /tmp/rootfs
 (The registry at $REGISTRY has stopped; images in the store stay usable.)
 EOF
