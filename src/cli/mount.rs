@@ -18,6 +18,8 @@ const NOTIFY_ENV: &str = "LAYERFS_NOTIFY_FD";
 /// How long `mount` waits for its daemon to answer; building the tree of a large image that
 /// has no index yet (a `load`ed one) is the slow case.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The FUSE device.
+const FUSE_DEVICE: &str = "/dev/fuse";
 /// FUSE worker threads at most; more gain nothing on a read-only tree.
 const MAX_THREADS: usize = 8;
 
@@ -275,6 +277,17 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     config.n_threads = Some(args.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
     config.clone_fd = true;
 
+    if !rustix::process::geteuid().is_root()
+        && let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(FUSE_DEVICE)
+    {
+        bail!(
+            "cannot open {FUSE_DEVICE} ({e}): unprivileged FUSE mounts need it readable and writable by \
+             you (Debian's default mode is 0666; fusermount3 cannot help otherwise)"
+        );
+    }
     let mut session = fuser::Session::new(fs, mountpoint, &config).with_context(|| {
         format!(
             "cannot mount on {} (is /dev/fuse usable and fusermount3 installed?)",
