@@ -71,6 +71,8 @@ struct MountOptions {
     uid_map: IdMap,
     gid_map: IdMap,
     flags: Vec<fuser::MountOption>,
+    /// The kernel's share of the options, as text (everything but the id mappings and `ro`).
+    text: Vec<String>,
 }
 
 fn parse_options(opts: &[String]) -> Result<MountOptions> {
@@ -81,6 +83,9 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
+        if !matches!(key, "uidmapping" | "gidmapping" | "ro") {
+            out.text.push(opt.to_owned());
+        }
         match (key, value) {
             ("allow_other", None) => out.allow_other = true,
             ("allow_root", None) => out.allow_root = true,
@@ -277,7 +282,8 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     config.n_threads = Some(args.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
     config.clone_fd = true;
 
-    if !rustix::process::geteuid().is_root()
+    let root = rustix::process::geteuid().is_root();
+    if !root
         && let Err(e) = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -288,13 +294,31 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
              you (Debian's default mode is 0666; fusermount3 cannot help otherwise)"
         );
     }
-    let mut session = fuser::Session::new(fs, mountpoint, &config).with_context(|| {
+    let cant_mount = || {
         format!(
-            "cannot mount on {} (is /dev/fuse usable and fusermount3 installed?)",
+            "cannot mount on {} (is {FUSE_DEVICE} usable and fusermount3 installed?)",
             mountpoint.display()
         )
-    })?;
-    let mut unmounter = session.unmount_callable();
+    };
+    // Root mounts with mount(2) itself, as type fuse.layerfs so that `findmnt -t fuse.layerfs`
+    // and mount(8) know it; others go through fuser, which asks fusermount3 (that names the
+    // type from the subtype option too).
+    let (session, unmount): (_, Box<dyn FnOnce() -> std::io::Result<()> + Send>) = if root {
+        let device = mount_as_root(&found.name, mountpoint, &options.text, config.acl)
+            .with_context(cant_mount)?;
+        let acl = config.acl;
+        let session = fuser::Session::from_fd(fs, device, acl, config).with_context(cant_mount)?;
+        let target = mountpoint.to_owned();
+        let unmount = move || {
+            rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH)
+                .map_err(std::io::Error::from)
+        };
+        (session, Box::new(unmount))
+    } else {
+        let mut session = fuser::Session::new(fs, mountpoint, &config).with_context(cant_mount)?;
+        let mut unmounter = session.unmount_callable();
+        (session, Box::new(move || unmounter.unmount()))
+    };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -304,7 +328,7 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
+            if let Err(e) = unmount() {
                 log::error!("unmount failed: {e}");
             }
         }
@@ -316,6 +340,54 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     session.run().context("the FUSE session failed")?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Mount the FUSE device on `mountpoint` with mount(2), as type `fuse.layerfs`; returns the
+/// open device for the session. `extra` are the user's `-o` options that are kernel options.
+fn mount_as_root(
+    name: &str,
+    mountpoint: &Path,
+    extra: &[String],
+    acl: fuser::SessionACL,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::mount::MountFlags;
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEVICE)?;
+    let fd = std::os::fd::OwnedFd::from(device);
+    let mut flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    );
+    for opt in extra {
+        match opt.as_str() {
+            "dev" => flags.remove(MountFlags::NODEV),
+            "suid" => flags.remove(MountFlags::NOSUID),
+            "nodev" => flags.insert(MountFlags::NODEV),
+            "nosuid" => flags.insert(MountFlags::NOSUID),
+            "noexec" => flags.insert(MountFlags::NOEXEC),
+            "noatime" => flags.insert(MountFlags::NOATIME),
+            "exec" | "atime" | "allow_other" | "allow_root" => {}
+            other => {
+                data.push(',');
+                data.push_str(other);
+            }
+        }
+    }
+    if acl != fuser::SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        format!("layerfs:{name}"),
+        mountpoint,
+        "fuse.layerfs",
+        flags,
+        Some(data.as_c_str()),
+    )?;
+    Ok(fd)
 }
 
 fn notify_ready(fd: &str) {

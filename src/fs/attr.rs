@@ -70,10 +70,10 @@ fn kind(node: &Node) -> FileType {
     }
 }
 
-/// Linux's `makedev`.
+/// A device number as FUSE carries it: 32 bits in the kernel's `new_encode_dev` layout
+/// (minor's low byte, then 12 bits of major, then the rest of minor).
 fn rdev(major: u32, minor: u32) -> u32 {
-    // FUSE carries rdev as 32 bits: major in 12 bits, minor in 20 (new_encode_dev).
-    ((major & 0xfff) << 20) | (minor & 0xfffff)
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
 impl LayerFs {
@@ -133,6 +133,14 @@ mod tests {
         assert_eq!(IdMap::default().to_host(1 << 40), OVERFLOW_ID);
         assert!("1:2".parse::<IdMap>().is_err());
         assert!("a:b:c".parse::<IdMap>().is_err());
+    }
+
+    #[test]
+    fn device_numbers() {
+        // Values as stat(2) shows them after the kernel's new_decode_dev.
+        assert_eq!(rdev(1, 3), 0x103);
+        assert_eq!(rdev(5, 1), 0x501);
+        assert_eq!(rdev(259, 0x12345), 0x12310345);
     }
 
     #[test]

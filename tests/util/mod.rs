@@ -6,14 +6,20 @@
 //! - [`Registry`]: the registry fixture (plain, Basic auth, Bearer token auth, TLS).
 //! - [`ImageBuilder`], [`Index`], [`Layer`]: deterministic test images.
 //! - Store checks: every blob hashes to its name, refs in `index.json`, leftover partial files.
+//! - [`tarball`]: tar layers written header by header, for entries no archiver would write.
+//! - [`mount::MountGuard`]: a FUSE mount that is unmounted on drop, even when a test fails.
+//! - [`tree`]: walking a tree (mount, unpacked directory, umoci's rootfs) and comparing two.
 
 // Each test file uses a different part of these helpers.
 #![allow(dead_code, unused_imports)]
 
 pub mod image;
+pub mod mount;
 pub mod registry;
+pub mod tarball;
 pub mod tls;
 pub mod token;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

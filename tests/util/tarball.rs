@@ -140,7 +140,8 @@ impl TarEntry {
     }
 
     pub fn xattr(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.xattrs.push((name.to_string(), value.as_ref().to_vec()));
+        self.xattrs
+            .push((name.to_string(), value.as_ref().to_vec()));
         self
     }
 
@@ -351,7 +352,12 @@ fn write_entry(out: &mut Vec<u8>, e: &TarEntry) {
     if e.dialect == Dialect::Gnu && (e.mtime.0 < 0 || e.mtime.0 as u64 > OCTAL_12_MAX) {
         base256(&mut h, 136, 12, e.mtime.0);
     } else {
-        octal(&mut h, 136, 12, e.mtime.0.clamp(0, OCTAL_12_MAX as i64) as u64);
+        octal(
+            &mut h,
+            136,
+            12,
+            e.mtime.0.clamp(0, OCTAL_12_MAX as i64) as u64,
+        );
     }
     h[156] = e.typeflag();
     put(&mut h, 157, 100, &link);
@@ -453,7 +459,11 @@ fn base256(h: &mut [u8; BLOCK], at: usize, len: usize, value: i64) {
     let bytes = value.to_be_bytes();
     let fill = if value < 0 { 0xff } else { 0 };
     for i in 0..len {
-        h[at + i] = if i < len - 8 { fill } else { bytes[i - (len - 8)] };
+        h[at + i] = if i < len - 8 {
+            fill
+        } else {
+            bytes[i - (len - 8)]
+        };
     }
     h[at] |= 0x80;
 }
