@@ -151,7 +151,7 @@ impl<'a> BlobReader<'a> {
         if !is_transient(&e) || self.failures >= MAX_RETRIES || self.reconnects > MAX_RECONNECTS {
             return Err(io::Error::other(e));
         }
-        let delay = backoff(self.failures, &e);
+        let delay = backoff(self.failures);
         log::warn!(
             "{} interrupted at byte {} of {}: {e}; resuming in {:.1}s",
             self.what,

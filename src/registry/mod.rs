@@ -259,7 +259,7 @@ impl Client {
         loop {
             match self.get_once(url, repository, headers, what) {
                 Err(e) if is_transient(&e) && attempt < MAX_RETRIES => {
-                    let delay = backoff(attempt, &e);
+                    let delay = backoff(attempt);
                     log::warn!("{e}; retrying in {:.1}s", delay.as_secs_f32());
                     std::thread::sleep(delay);
                     attempt += 1;
@@ -624,7 +624,7 @@ fn is_tls_failure(t: &ureq::Transport) -> bool {
     false
 }
 
-pub(crate) fn backoff(attempt: u32, _e: &Error) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     BACKOFF_START
         .saturating_mul(1u32 << attempt.min(16))
         .min(BACKOFF_MAX)
