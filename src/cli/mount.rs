@@ -54,7 +54,7 @@ pub struct Args {
     pub threads: Option<usize>,
 
     /// Memory for decompressed spans of compressed layers, in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    #[arg(long, value_name = "MIB", default_value_t = crate::layer::DEFAULT_CACHE_BYTES >> 20)]
     pub cache_mib: u64,
 
     /// Log file of the background daemon [default: STORE/layerfs/logs/mount-<name>.log]
