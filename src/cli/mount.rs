@@ -28,7 +28,8 @@ Examples:
   layerfs mount debian:12 /mnt/debian && ls /mnt/debian && layerfs umount /mnt/debian
   layerfs mount -o allow_other,default_permissions debian:12 /srv/rootfs
   layerfs mount -o uidmapping=0:1000:1,gidmapping=0:1000:1 debian:12 ~/rootfs
-  layerfs mount --foreground debian:12 /mnt/debian";
+  layerfs mount --foreground debian:12 /mnt/debian
+  layerfs mount --upper ~/changes debian:12 ~/rootfs   # writable; changes land in ~/changes";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -57,13 +58,18 @@ pub struct Args {
     #[arg(long, value_name = "MIB", default_value_t = crate::layer::DEFAULT_CACHE_BYTES >> 20)]
     pub cache_mib: u64,
 
+    /// Make the mount writable: every change goes to DIR (created if missing), in overlayfs'
+    /// upper-directory format; the image's layers are never modified
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+
     /// Log file of the background daemon [default: STORE/layerfs/logs/mount-<name>.log]
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
 }
 
 /// Parsed `-o` options.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MountOptions {
     allow_other: bool,
     allow_root: bool,
@@ -71,6 +77,9 @@ struct MountOptions {
     uid_map: IdMap,
     gid_map: IdMap,
     flags: Vec<fuser::MountOption>,
+    /// `rw` was asked for (needs --upper) or `ro`.
+    rw: bool,
+    ro: bool,
     /// The kernel's share of the options, as text (everything but the id mappings and `ro`).
     text: Vec<String>,
 }
@@ -83,7 +92,7 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
-        if !matches!(key, "uidmapping" | "gidmapping" | "ro") {
+        if !matches!(key, "uidmapping" | "gidmapping" | "ro" | "rw") {
             out.text.push(opt.to_owned());
         }
         match (key, value) {
@@ -96,10 +105,8 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             ("gidmapping", Some(v)) => {
                 out.gid_map = v.parse().map_err(|e| anyhow::anyhow!("gidmapping: {e}"))?
             }
-            ("ro", None) => {}
-            ("rw", None) => {
-                bail!("option rw: this mount is read-only (writable mounts need --upper)")
-            }
+            ("ro", None) => out.ro = true,
+            ("rw", None) => out.rw = true,
             ("dev", None) => out.flags.push(M::Dev),
             ("nodev", None) => out.flags.push(M::NoDev),
             ("suid", None) => out.flags.push(M::Suid),
@@ -113,6 +120,9 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
     }
     if out.allow_other && out.allow_root {
         bail!("allow_other and allow_root exclude each other");
+    }
+    if out.rw && out.ro {
+        bail!("rw and ro exclude each other");
     }
     Ok(out)
 }
@@ -138,8 +148,21 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-pub fn run(ctx: &Context, args: Args) -> Result<()> {
+pub fn run(ctx: &Context, mut args: Args) -> Result<()> {
     let options = parse_options(&args.options)?;
+    if options.rw && args.upper.is_none() {
+        bail!("option rw: a writable mount needs an upper directory (--upper DIR)");
+    }
+    if options.ro && args.upper.is_some() {
+        bail!("option ro: --upper makes the mount writable; leave out one of them");
+    }
+    if let Some(upper) = &args.upper {
+        std::fs::create_dir_all(upper)
+            .with_context(|| format!("cannot create upper directory {}", upper.display()))?;
+        let upper = std::fs::canonicalize(upper)
+            .with_context(|| format!("upper directory {} is not usable", upper.display()))?;
+        args.upper = Some(upper);
+    }
     let mountpoint = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {} does not exist", args.mountpoint.display()))?;
     if !mountpoint.is_dir() {
@@ -191,6 +214,9 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
         .arg(args.cache_mib.to_string());
     if let Some(t) = args.threads {
         cmd.arg("--threads").arg(t.to_string());
+    }
+    if let Some(upper) = &args.upper {
+        cmd.arg("--upper").arg(upper);
     }
     if !args.options.is_empty() {
         cmd.arg("-o").arg(args.options.join(","));
@@ -251,21 +277,53 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     ));
     let image = crate::mount::open_image(&store, &found.descriptor, cache)
         .with_context(|| format!("cannot open {}", found.name))?;
-    let fs = LayerFs::new(
-        Arc::new(image),
-        crate::fs::Options {
-            uid_map: options.uid_map,
-            gid_map: options.gid_map,
-        },
-    );
+    let image = Arc::new(image);
+    let fs_options = crate::fs::Options {
+        uid_map: options.uid_map.clone(),
+        gid_map: options.gid_map.clone(),
+    };
+    let mount = Mounting {
+        name: &found.name,
+        mountpoint,
+        options: &options,
+        threads: args.threads,
+        writable: args.upper.is_some(),
+        notify: daemon,
+    };
+    match &args.upper {
+        Some(upper) => {
+            let fs = crate::fs::OverlayFs::new(image, fs_options, upper)
+                .with_context(|| format!("cannot use upper directory {}", upper.display()))?;
+            log::info!("writable: changes go to {}", upper.display());
+            run_session(fs, mount)
+        }
+        None => run_session(LayerFs::new(image, fs_options), mount),
+    }
+}
 
+/// What a session needs to know about the mount it serves.
+struct Mounting<'a> {
+    name: &'a str,
+    mountpoint: &'a Path,
+    options: &'a MountOptions,
+    threads: Option<usize>,
+    writable: bool,
+    /// The readiness fd of a background daemon.
+    notify: Option<String>,
+}
+
+/// Mount `fs` and serve it until unmounted.
+fn run_session<F: fuser::Filesystem + Send + Sync + 'static>(fs: F, m: Mounting<'_>) -> Result<()> {
+    let (options, mountpoint) = (m.options, m.mountpoint);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        fuser::MountOption::FSName(format!("layerfs:{}", found.name)),
+        fuser::MountOption::FSName(format!("layerfs:{}", m.name)),
         fuser::MountOption::Subtype("layerfs".into()),
-        fuser::MountOption::RO,
     ];
-    config.mount_options.extend(options.flags);
+    if !m.writable {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    config.mount_options.extend(options.flags.iter().cloned());
     if options.default_permissions {
         config
             .mount_options
@@ -279,7 +337,7 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
         fuser::SessionACL::Owner
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    config.n_threads = Some(args.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
+    config.n_threads = Some(m.threads.unwrap_or(cpus).clamp(1, MAX_THREADS));
     config.clone_fd = true;
 
     let root = rustix::process::geteuid().is_root();
@@ -304,7 +362,7 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     // and mount(8) know it; others go through fuser, which asks fusermount3 (that names the
     // type from the subtype option too).
     let (session, unmount): (_, Box<dyn FnOnce() -> std::io::Result<()> + Send>) = if root {
-        let device = mount_as_root(&found.name, mountpoint, &options.text, config.acl)
+        let device = mount_as_root(m.name, mountpoint, &options.text, config.acl, m.writable)
             .with_context(cant_mount)?;
         let acl = config.acl;
         let session = fuser::Session::from_fd(fs, device, acl, config).with_context(cant_mount)?;
@@ -333,9 +391,9 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
             }
         }
     });
-    log::info!("serving {} at {}", found.name, mountpoint.display());
-    if let Some(fd) = daemon {
-        notify_ready(&fd);
+    log::info!("serving {} at {}", m.name, mountpoint.display());
+    if let Some(fd) = &m.notify {
+        notify_ready(fd);
     }
     session.run().context("the FUSE session failed")?;
     log::info!("unmounted {}", mountpoint.display());
@@ -349,6 +407,7 @@ fn mount_as_root(
     mountpoint: &Path,
     extra: &[String],
     acl: fuser::SessionACL,
+    writable: bool,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
     use rustix::mount::MountFlags;
     let device = std::fs::OpenOptions::new()
@@ -356,7 +415,10 @@ fn mount_as_root(
         .write(true)
         .open(FUSE_DEVICE)?;
     let fd = std::os::fd::OwnedFd::from(device);
-    let mut flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if !writable {
+        flags |= MountFlags::RDONLY;
+    }
     let mut data = format!(
         "fd={},rootmode=40000,user_id=0,group_id=0",
         std::os::fd::AsRawFd::as_raw_fd(&fd)
@@ -418,9 +480,10 @@ mod tests {
         assert!(o.allow_other && o.default_permissions);
         assert_eq!(o.uid_map.to_host(0), 1000);
         assert_eq!(o.flags, vec![fuser::MountOption::NoDev]);
-        for bad in ["bogus", "uidmapping=1:2", "rw", "allow_other=1"] {
+        for bad in ["bogus", "uidmapping=1:2", "allow_other=1"] {
             assert!(parse_options(&[bad.into()]).is_err(), "{bad}");
         }
         assert!(parse_options(&["allow_other".into(), "allow_root".into()]).is_err());
+        assert!(parse_options(&["rw".into(), "ro".into()]).is_err());
     }
 }

@@ -9,9 +9,9 @@ use super::{FsError, LayerFs, ino};
 use crate::tree::{Body, Node, NodeId};
 
 /// The id shown for an image id that the mapping does not cover (the kernel's overflow id).
-const OVERFLOW_ID: u32 = 65534;
+pub(super) const OVERFLOW_ID: u32 = 65534;
 /// Block size reported by stat: a good unit for reads through FUSE.
-const BLOCK_SIZE: u32 = 4096;
+pub(super) const BLOCK_SIZE: u32 = 4096;
 /// Size shown for directories (tar records none): one block, as local filesystems and kernel
 /// overlayfs over them show.
 const DIR_SIZE: u64 = 4096;
@@ -37,6 +37,17 @@ impl std::str::FromStr for IdMap {
 }
 
 impl IdMap {
+    /// The image id that host id `host` stands for: the inverse of [`IdMap::to_host`]; an id
+    /// outside every range stays as it is.
+    pub fn to_container(&self, host: u32) -> u32 {
+        let host = u64::from(host);
+        self.0
+            .iter()
+            .find(|(_, h, n)| host >= *h && host - h < *n)
+            .and_then(|(c, h, _)| u32::try_from(c + (host - h)).ok())
+            .unwrap_or(host as u32)
+    }
+
     /// The id to show for image id `id`.
     pub fn to_host(&self, id: u64) -> u32 {
         if self.0.is_empty() {
@@ -50,7 +61,7 @@ impl IdMap {
     }
 }
 
-fn time(secs: i64, nsec: u32) -> SystemTime {
+pub(super) fn time(secs: i64, nsec: u32) -> SystemTime {
     let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
@@ -72,36 +83,41 @@ fn kind(node: &Node) -> FileType {
 
 /// A device number as FUSE carries it: 32 bits in the kernel's `new_encode_dev` layout
 /// (minor's low byte, then 12 bits of major, then the rest of minor).
-fn rdev(major: u32, minor: u32) -> u32 {
+pub(super) fn rdev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// What `stat` shows for a lower node, as inode `ino`.
+pub(super) fn lower_attr(node: &Node, options: &super::Options, ino: fuser::INodeNo) -> FileAttr {
+    let t = time(node.mtime, node.mtime_nsec);
+    let (size, stored) = if node.is_dir() {
+        (DIR_SIZE, DIR_SIZE)
+    } else {
+        (node.size, node.stored)
+    };
+    FileAttr {
+        ino,
+        size,
+        blocks: stored.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: kind(node),
+        perm: (node.mode & 0o7777) as u16,
+        nlink: node.nlink,
+        uid: options.uid_map.to_host(node.uid),
+        gid: options.gid_map.to_host(node.gid),
+        rdev: rdev(node.dev_major, node.dev_minor),
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
 }
 
 impl LayerFs {
     pub(super) fn attr(&self, id: NodeId) -> Result<FileAttr, FsError> {
         let node = self.image.tree.node(id).ok_or(FsError::NotFound)?;
-        let t = time(node.mtime, node.mtime_nsec);
-        let (size, stored) = if node.is_dir() {
-            (DIR_SIZE, DIR_SIZE)
-        } else {
-            (node.size, node.stored)
-        };
-        Ok(FileAttr {
-            ino: ino(id),
-            size,
-            blocks: stored.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: kind(node),
-            perm: (node.mode & 0o7777) as u16,
-            nlink: node.nlink,
-            uid: self.options.uid_map.to_host(node.uid),
-            gid: self.options.gid_map.to_host(node.gid),
-            rdev: rdev(node.dev_major, node.dev_minor),
-            blksize: BLOCK_SIZE,
-            flags: 0,
-        })
+        Ok(lower_attr(node, &self.options, ino(id)))
     }
 
     pub(super) fn do_lookup(&self, parent: NodeId, name: &[u8]) -> Result<FileAttr, FsError> {

@@ -13,6 +13,7 @@
 mod attr;
 mod dir;
 mod ops;
+pub mod overlay;
 mod read;
 mod xattr;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use attr::IdMap;
+pub use overlay::OverlayFs;
 
 use crate::layer::index::Entry;
 use crate::layer::reader::ReadAt;
@@ -93,6 +95,12 @@ pub enum FsError {
     Range,
     Invalid,
     Io,
+    Exists,
+    NotEmpty,
+    Perm,
+    BadFd,
+    /// An error of the upper directory's filesystem, passed on as it is (ENOSPC, EDQUOT...).
+    Os(i32),
 }
 
 impl FsError {
@@ -107,6 +115,11 @@ impl FsError {
             FsError::Range => Errno::ERANGE,
             FsError::Invalid => Errno::EINVAL,
             FsError::Io => Errno::EIO,
+            FsError::Exists => Errno::EEXIST,
+            FsError::NotEmpty => Errno::ENOTEMPTY,
+            FsError::Perm => Errno::EPERM,
+            FsError::BadFd => Errno::EBADF,
+            FsError::Os(n) => Errno::from_i32(*n),
         }
     }
 }

@@ -12,7 +12,7 @@ pub(super) enum XattrReply {
     Data(Vec<u8>),
 }
 
-fn sized(value: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
+pub(super) fn sized(value: Vec<u8>, size: u32) -> Result<XattrReply, FsError> {
     let len = u32::try_from(value.len()).map_err(|_| FsError::Range)?;
     if size == 0 {
         Ok(XattrReply::Size(len))

@@ -1,0 +1,372 @@
+//! File operations: open, read, write, setattr, fallocate, fsync, readlink, xattrs, statfs.
+//!
+//! Opening for writing copies a lower file up first. A handle opened on a lower file before its
+//! copy-up switches to the upper copy at its next read, as kernel overlayfs does, so every
+//! reader sees the file's current content.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use fuser::{FileAttr, TimeOrNow};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use super::ns::Caller;
+use super::upper;
+use super::{FsError, Handle, OverlayFs, ROOT, State};
+use crate::fs::read::read_lower;
+use crate::fs::xattr::{XattrReply, sized};
+
+/// open(2) flag bits (Linux values) that matter here.
+mod o {
+    pub const ACCMODE: i32 = 0o3;
+    pub const RDONLY: i32 = 0o0;
+    pub const TRUNC: i32 = 0o1000;
+}
+
+/// Changes a setattr asks for.
+#[derive(Debug, Default)]
+pub(super) struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+fn stamp(t: Option<TimeOrNow>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(d.subsec_nanos()),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (
+                        -(d.as_secs() as i64) - 1,
+                        1_000_000_000 - i64::from(d.subsec_nanos()),
+                    )
+                };
+                Timespec {
+                    tv_sec: secs,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+impl OverlayFs {
+    /// An `O_PATH` fd of `ino`'s upper entry, with its directory and name ("." for the root).
+    fn entry_fd(&self, st: &State, ino: u64) -> Result<(OwnedFd, Vec<u8>, OwnedFd), FsError> {
+        let (dir, name) = self.locate(st, ino)?;
+        if ino == ROOT {
+            let fd = self.upper.dir(b"")?;
+            return Ok((dir, b".".to_vec(), fd));
+        }
+        let fd = upper::open_path(&dir, &name)?;
+        Ok((dir, name.to_vec(), fd))
+    }
+
+    fn open_upper(&self, st: &State, ino: u64, flags: OFlags) -> Result<std::fs::File, FsError> {
+        let (dir, name) = self.locate(st, ino)?;
+        let fd = rfs::openat(
+            &dir,
+            &name[..],
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(fd.into())
+    }
+
+    pub(super) fn do_open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let acc = flags & o::ACCMODE;
+        let trunc = flags & o::TRUNC != 0;
+        let write = acc != o::RDONLY || trunc;
+        let mut st = self.lock();
+        let node = st.get(ino)?;
+        if node.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if write {
+            self.copy_up(&mut st, ino, !trunc)?;
+        }
+        let node = st.get(ino)?;
+        if !node.upper {
+            let id = node.lower.ok_or(FsError::Io)?;
+            drop(st);
+            return Ok(self.add_handle(Handle::Lower(ino, id)));
+        }
+        let mut oflags = match acc {
+            o::RDONLY => OFlags::RDONLY,
+            1 => OFlags::WRONLY,
+            _ => OFlags::RDWR,
+        };
+        if trunc {
+            oflags |= OFlags::TRUNC;
+        }
+        for extra in [OFlags::SYNC, OFlags::DSYNC, OFlags::NOATIME] {
+            if flags & extra.bits() as i32 != 0 {
+                oflags |= extra;
+            }
+        }
+        let file = match self.open_upper(&st, ino, oflags) {
+            // O_NOATIME is refused on files the daemon does not own.
+            Err(FsError::Os(n)) if n == Errno::PERM.raw_os_error() => {
+                self.open_upper(&st, ino, oflags - OFlags::NOATIME)?
+            }
+            r => r?,
+        };
+        drop(st);
+        Ok(self.add_handle(Handle::Upper(Arc::new(file))))
+    }
+
+    pub(super) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file = match self.handle_file(fh) {
+            Some(f) => f,
+            None => {
+                let (ino, id) = self.handle_lower(fh).ok_or(FsError::BadFd)?;
+                let st = self.lock();
+                if !st.get(ino).is_ok_and(|n| n.upper && !n.unlinked) {
+                    drop(st);
+                    return read_lower(&self.image, id, offset, size);
+                }
+                // Copied up since it was opened: read the copy from now on.
+                let f = Arc::new(self.open_upper(&st, ino, OFlags::RDONLY)?);
+                drop(st);
+                self.handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Handle::Upper(f.clone()));
+                f
+            }
+        };
+        let mut buf = vec![0u8; size.min(super::super::read::MAX_READ) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    pub(super) fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let file = self.handle_file(fh).ok_or(FsError::BadFd)?;
+        file.write_all_at(data, offset)?;
+        u32::try_from(data.len()).map_err(|_| FsError::Invalid)
+    }
+
+    pub(super) fn do_setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        fh: Option<u64>,
+        set: SetAttr,
+    ) -> Result<FileAttr, FsError> {
+        let _ = caller;
+        let mut st = self.lock();
+        self.copy_up(&mut st, ino, set.size != Some(0))?;
+        let file = fh.and_then(|fh| self.handle_file(fh));
+        if let Some(size) = set.size {
+            match &file {
+                Some(f) => rfs::ftruncate(f.as_ref(), size)?,
+                None => {
+                    let f = self.open_upper(&st, ino, OFlags::WRONLY)?;
+                    rfs::ftruncate(&f, size)?;
+                }
+            }
+        }
+        let (dir, name, fd) = self.entry_fd(&st, ino)?;
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            let name_for_meta: &[u8] = if ino == ROOT { b"" } else { &name };
+            let mut meta = if ino == ROOT {
+                self.current_meta(&fd, b"")?
+            } else {
+                self.current_meta(&dir, &name)?
+            };
+            if let Some(m) = set.mode {
+                meta.mode = m & 0o7777;
+            }
+            if let Some(u) = set.uid {
+                meta.uid = self.container_uid(u);
+            }
+            if let Some(g) = set.gid {
+                meta.gid = self.container_gid(g);
+            }
+            self.set_meta(&dir, name_for_meta, &fd, meta)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: stamp(set.atime),
+                last_modification: stamp(set.mtime),
+            };
+            if ino == ROOT {
+                rfs::utimensat(&fd, ".", &times, AtFlags::empty())?;
+            } else {
+                rfs::utimensat(&dir, name.as_slice(), &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        self.attr(&mut st, ino, file.as_deref())
+    }
+
+    pub(super) fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, FsError> {
+        let file = fh.and_then(|fh| self.handle_file(fh));
+        let mut st = self.lock();
+        self.attr(&mut st, ino, file.as_deref())
+    }
+
+    pub(super) fn do_fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        let file = self.handle_file(fh).ok_or(FsError::BadFd)?;
+        let flags = rfs::FallocateFlags::from_bits_retain(mode as u32);
+        rfs::fallocate(file.as_ref(), flags, offset, len)?;
+        Ok(())
+    }
+
+    pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Result<(), FsError> {
+        match self.handle_file(fh) {
+            Some(f) if datasync => Ok(rfs::fdatasync(f.as_ref())?),
+            Some(f) => Ok(rfs::fsync(f.as_ref())?),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn do_fsyncdir(&self, ino: u64) -> Result<(), FsError> {
+        let st = self.lock();
+        if !st.get(ino)?.upper {
+            return Ok(());
+        }
+        let fd = self.upper.dir_for_reading(&st.path(ino)?)?;
+        drop(st);
+        Ok(rfs::fsync(&fd)?)
+    }
+
+    pub(super) fn do_readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let st = self.lock();
+        let node = st.get(ino)?;
+        if node.kind != fuser::FileType::Symlink {
+            return Err(FsError::Invalid);
+        }
+        if node.upper {
+            let (dir, name) = self.locate(&st, ino)?;
+            let target = rfs::readlinkat(&dir, &name[..], Vec::new())?;
+            return Ok(target.into_bytes());
+        }
+        let id = node.lower.ok_or(FsError::Io)?;
+        Ok(self.image.entry(id).ok_or(FsError::Io)?.link.clone())
+    }
+
+    fn lower_xattrs(&self, st: &State, ino: u64) -> Result<super::Xattrs, FsError> {
+        let node = st.get(ino)?;
+        Ok(node
+            .lower
+            .and_then(|id| self.image.entry(id))
+            .map(|e| e.xattrs.clone())
+            .unwrap_or_default())
+    }
+
+    pub(super) fn do_getxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        size: u32,
+    ) -> Result<XattrReply, FsError> {
+        if upper::is_private_xattr(name) {
+            return Err(FsError::NoData);
+        }
+        let st = self.lock();
+        if st.get(ino)?.upper {
+            let (_, _, fd) = self.entry_fd(&st, ino)?;
+            drop(st);
+            let name = std::str::from_utf8(name).map_err(|_| FsError::NoData)?;
+            let value = upper::get_xattr(&fd, name)?.ok_or(FsError::NoData)?;
+            return sized(value, size);
+        }
+        let value = self
+            .lower_xattrs(&st, ino)?
+            .into_iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoData)?;
+        sized(value, size)
+    }
+
+    pub(super) fn do_listxattr(&self, ino: u64, size: u32) -> Result<XattrReply, FsError> {
+        let st = self.lock();
+        let mut names: Vec<Vec<u8>> = if st.get(ino)?.upper {
+            let (_, _, fd) = self.entry_fd(&st, ino)?;
+            upper::list_xattrs(&fd)?
+        } else {
+            self.lower_xattrs(&st, ino)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        names.retain(|n| !upper::is_private_xattr(n));
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        sized(out, size)
+    }
+
+    pub(super) fn do_setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
+        if upper::is_private_xattr(name) {
+            return Err(FsError::Perm);
+        }
+        let mut st = self.lock();
+        self.copy_up(&mut st, ino, true)?;
+        let (_, _, fd) = self.entry_fd(&st, ino)?;
+        upper::set_xattr(&fd, name, value, flags)?;
+        Ok(())
+    }
+
+    pub(super) fn do_removexattr(&self, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        if upper::is_private_xattr(name) {
+            return Err(FsError::NoData);
+        }
+        let mut st = self.lock();
+        let node = st.get(ino)?;
+        if !node.upper && !self.lower_xattrs(&st, ino)?.iter().any(|(n, _)| n == name) {
+            return Err(FsError::NoData);
+        }
+        self.copy_up(&mut st, ino, true)?;
+        let (_, _, fd) = self.entry_fd(&st, ino)?;
+        upper::remove_xattr(&fd, name)?;
+        Ok(())
+    }
+}
