@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use util::mount::{MountGuard, NOBODY, command_as, daemon_pids, mount_at, setpriv};
+use util::mount::{MountGuard, NOBODY, UserSpace, daemon_pids, mount_at, sh_ok};
 use util::tarball::{Dialect, TarEntry, gnu_tar_of, gzip_layer_fast, raw_layer};
 use util::tree::{
     Compare, Kind, Tree, assert_all_same, is_root, normalize, tar_paths, umoci_unpack,
@@ -1307,95 +1307,6 @@ fn mount_life_cycle() {
         "a failed mount left {mnt:?} mounted"
     );
     assert!(daemon_pids(&mnt).is_empty(), "a failed mount left a daemon");
-}
-
-/// A directory an unprivileged user owns, with their own store and a copy of the binary they
-/// can execute (the build tree may not be reachable for them).
-struct UserSpace {
-    _dir: tempfile::TempDir,
-    base: PathBuf,
-    prefix: Vec<std::ffi::OsString>,
-    bin: PathBuf,
-    store: PathBuf,
-    home: PathBuf,
-}
-
-impl UserSpace {
-    /// As root: `nobody`'s space, commands run through setpriv. Otherwise: our own.
-    fn new() -> UserSpace {
-        let dir = tempfile::Builder::new()
-            .prefix("layerfs-user-")
-            .tempdir()
-            .unwrap();
-        let base = dir.path().to_path_buf();
-        let bin = base.join("bin/layerfs");
-        fs::create_dir_all(bin.parent().unwrap()).unwrap();
-        fs::copy(env!("CARGO_BIN_EXE_layerfs"), &bin).unwrap();
-        for d in [&base, &base.join("bin")] {
-            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let (store, home) = (base.join("store"), base.join("home"));
-        let prefix = if is_root() {
-            for d in [&base, &base.join("bin")] {
-                std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
-            }
-            setpriv(NOBODY, NOBODY)
-        } else {
-            Vec::new()
-        };
-        UserSpace {
-            _dir: dir,
-            base,
-            prefix,
-            bin,
-            store,
-            home,
-        }
-    }
-
-    /// `layerfs --store STORE ARGS...` as the user.
-    fn layerfs(&self, args: &[&str]) -> Command {
-        let mut all: Vec<&std::ffi::OsStr> = vec!["--store".as_ref(), self.store.as_os_str()];
-        all.extend(args.iter().map(std::ffi::OsStr::new));
-        command_as(&self.prefix, &self.home, &self.bin, &all)
-    }
-
-    /// `sh -c SCRIPT` as the user.
-    fn sh(&self, script: &str) -> Output {
-        command_as(
-            &self.prefix,
-            &self.home,
-            Path::new("/bin/sh"),
-            &["-c".as_ref(), script.as_ref()],
-        )
-        .output()
-        .unwrap()
-    }
-
-    /// Mounts `reference` at `BASE/NAME` as the user, with `extra` arguments.
-    fn mount(&self, reference: &str, name: &str, extra: &[&str]) -> MountGuard {
-        let mnt = self.base.join(name);
-        let log = self.base.join(format!("{name}.log"));
-        let mkdir = self.sh(&format!("mkdir -p {}", mnt.display()));
-        assert!(mkdir.status.success(), "mkdir: {mkdir:?}");
-        let mut args = vec!["mount", reference, mnt.to_str().unwrap()];
-        args.extend(["--log", log.to_str().unwrap()]);
-        args.extend(extra);
-        MountGuard::run(self.layerfs(&args), &mnt, log, self.prefix.clone())
-    }
-}
-
-/// Output of a shell command, asserting success.
-#[track_caller]
-fn sh_ok(user: &UserSpace, script: &str) -> String {
-    let out = user.sh(script);
-    assert!(
-        out.status.success(),
-        "sh -c {script:?} as the user failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -147,6 +147,45 @@ impl OverlayFs {
             );
         }
         st.get_mut(ino)?.upper = true;
+        if meta.kind == Type::File && tree_node.nlink > 1 {
+            self.copy_up_links(st, ino, id)?;
+        }
+        Ok(())
+    }
+
+    /// A lower hard link was copied up under one name: link its copy under every other name
+    /// it still has in the merged view, so that the names stay one file, here and for kernel
+    /// overlayfs over the same upper directory.
+    fn copy_up_links(&self, st: &mut State, ino: u64, id: NodeId) -> Result<(), FsError> {
+        for path in self.lower_link_paths(id) {
+            // Loading the directories on the way records the names that still lead here.
+            let _ = self.resolve(st, &path);
+        }
+        let links = st.get(ino)?.more_links.clone();
+        let (src_dir, src_name) = self.locate(st, ino)?;
+        for (parent, name) in links {
+            self.copy_up(st, parent, true)?;
+            let dir = self.upper.dir(&st.path(parent)?)?;
+            match rfs::linkat(&src_dir, &src_name[..], &dir, &name[..], AtFlags::empty()) {
+                Ok(()) => {}
+                // A whiteout or an older copy under that name: replace it.
+                Err(Errno::EXIST) => {
+                    let tmp = upper::temp_name(&dir, ino);
+                    rfs::linkat(
+                        &src_dir,
+                        &src_name[..],
+                        &dir,
+                        tmp.as_slice(),
+                        AtFlags::empty(),
+                    )?;
+                    rfs::renameat(&dir, tmp.as_slice(), &dir, &name[..])?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Ok(s) = upper::stat(&src_dir, &src_name) {
+            st.by_upper_ino.insert(s.st_ino, ino);
+        }
         Ok(())
     }
 

@@ -138,6 +138,8 @@ pub struct OverlayFs {
     state: Mutex<State>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Every path of each lower node with several names, found on the first copy-up of one.
+    lower_links: std::sync::OnceLock<HashMap<NodeId, Vec<Vec<u8>>>>,
 }
 
 impl OverlayFs {
@@ -168,6 +170,7 @@ impl OverlayFs {
             }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            lower_links: std::sync::OnceLock::new(),
         })
     }
 
@@ -324,6 +327,30 @@ impl State {
         }
     }
 
+    /// `dir/name` no longer names `ino` (found while loading `dir`): drop the link, and the
+    /// inode with it if that was its only one.
+    fn detach(&mut self, ino: u64, dir: u64, name: &[u8]) {
+        let Some(node) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if node.parent == dir && *node.name == *name {
+            if node.more_links.is_empty() {
+                if node.lookups == 0 {
+                    self.inodes.remove(&ino);
+                } else {
+                    node.unlinked = true;
+                }
+            } else {
+                let (p, n) = node.more_links.remove(0);
+                node.parent = p;
+                node.name = n;
+            }
+        } else {
+            node.more_links
+                .retain(|(p, n)| !(*p == dir && **n == *name));
+        }
+    }
+
     /// Drop an inode nobody references, and the entries of a directory that goes with it.
     fn forget_inode(&mut self, ino: u64) {
         if let Some(node) = self.inodes.remove(&ino) {
@@ -366,7 +393,14 @@ impl OverlayFs {
             for (name, id) in tree_node.children() {
                 let child = self.image.tree.node(*id).ok_or(FsError::Io)?;
                 let mut ino = u64::from(id.0) + 1;
-                if st.inodes.contains_key(&ino) {
+                if let Some(shared) = st.inodes.get_mut(&ino) {
+                    if child.nlink > 1 && !child.is_dir() && shared.lower == Some(*id) {
+                        // Another name of a lower hard link: the same inode, as the kernel's
+                        // overlayfs shows it.
+                        shared.more_links.push((dir, name.clone()));
+                        children.insert(name.clone(), ino);
+                        continue;
+                    }
                     ino = st.fresh_ino();
                 }
                 let mut inode = Inode::new(dir, name, kind_of(&child.body));
@@ -395,7 +429,7 @@ impl OverlayFs {
                 if upper::is_whiteout(&s) {
                     if let Some(ino) = below {
                         children.remove(&name[..]);
-                        st.inodes.remove(&ino);
+                        st.detach(ino, dir, &name);
                     }
                     continue;
                 }
@@ -419,15 +453,45 @@ impl OverlayFs {
                     && let Some(&ino) = st.by_upper_ino.get(&s.st_ino)
                     && st.inodes.contains_key(&ino)
                 {
-                    if let Some(b) = below {
-                        st.inodes.remove(&b);
-                    }
-                    if let Some(n) = st.inodes.get_mut(&ino) {
-                        n.more_links.push((dir, name.clone().into()));
+                    if below != Some(ino) {
+                        if let Some(b) = below {
+                            st.detach(b, dir, &name);
+                        }
+                        if let Some(n) = st.inodes.get_mut(&ino) {
+                            n.more_links.push((dir, name.clone().into()));
+                        }
                     }
                     children.insert(name.into(), ino);
                     continue;
                 }
+                let shared = below.is_some_and(|b| {
+                    st.inodes.get(&b).is_some_and(|n| {
+                        !n.more_links.is_empty() || n.parent != dir || *n.name != *name
+                    })
+                });
+                let below = match below {
+                    // A lower hard link copied up keeps its links in the upper directory;
+                    // a name that now holds a file of its own leaves the others.
+                    Some(b) if shared && (kind == FileType::Directory || s.st_nlink < 2) => {
+                        st.detach(b, dir, &name);
+                        children.remove(&name[..]);
+                        None
+                    }
+                    Some(b) if shared => {
+                        let n = st.get_mut(b)?;
+                        if n.parent != dir || *n.name != *name {
+                            let old = (
+                                n.parent,
+                                std::mem::replace(&mut n.name, name.clone().into()),
+                            );
+                            n.more_links.retain(|(p, m)| !(*p == dir && **m == *name));
+                            n.more_links.push(old);
+                            n.parent = dir;
+                        }
+                        Some(b)
+                    }
+                    other => other,
+                };
                 let ino = match below {
                     Some(ino) => {
                         let n = st.get_mut(ino)?;
@@ -456,6 +520,35 @@ impl OverlayFs {
         }
         st.get_mut(dir)?.children = Some(children);
         Ok(())
+    }
+
+    /// The lower paths of the hard-linked lower node `id`.
+    fn lower_link_paths(&self, id: NodeId) -> Vec<Vec<u8>> {
+        let all = self.lower_links.get_or_init(|| {
+            let mut map: HashMap<NodeId, Vec<Vec<u8>>> = HashMap::new();
+            for (path, node) in self.image.tree.walk() {
+                if self
+                    .image
+                    .tree
+                    .node(node)
+                    .is_some_and(|n| n.nlink > 1 && !n.is_dir())
+                {
+                    map.entry(node).or_default().push(path);
+                }
+            }
+            map
+        });
+        all.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The inode at `path` in the merged view, loading directories on the way.
+    fn resolve(&self, st: &mut State, path: &[u8]) -> Option<u64> {
+        let mut cur = ROOT;
+        for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            self.load(st, cur).ok()?;
+            cur = st.child(cur, c)?;
+        }
+        Some(cur)
     }
 
     /// The upper directory that holds `ino`'s first link, opened, and the link's name.
