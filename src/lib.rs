@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod commit;
 pub mod digest;
 pub mod fs;
 pub mod image;

@@ -327,6 +327,50 @@ fn changes_persist_and_match_kernel_overlayfs() {
     assert_changed(&kernel.path);
     let seen = Tree::walk("kernel overlayfs", &kernel.path);
     assert_same(&before, &seen, &Compare::full(non_dirs(&before)));
+    drop(kernel);
+
+    // commit: the upper directory becomes a layer; the new image mounts as the view did, and
+    // umoci reads it the same. The same changes give the same digest.
+    let commit = |name: &str| {
+        let out = sandbox.ok(&[
+            "commit",
+            upper.to_str().unwrap(),
+            name,
+            "--timestamp",
+            "1700000000",
+            "--format",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["digest"].as_str().unwrap().to_owned(),
+            v["layer"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (first, layer1) = commit("committed/one:v1");
+    let (second, layer2) = commit("committed/two:v1");
+    assert_eq!(
+        layer1, layer2,
+        "the same upper directory gave two layer digests"
+    );
+    assert_eq!(first, second, "the same commit gave two manifest digests");
+    let opts = Compare {
+        mtimes_of: BTreeSet::new(),
+        xattrs: true,
+        nlink: true,
+    };
+    let guard = MountGuard::mount(&sandbox, "committed/one:v1", &mnt, &[]);
+    assert_changed(&guard.path);
+    let committed = Tree::walk("committed image", &guard.path);
+    assert_same(&before, &committed, &opts);
+    guard.unmount();
+    let rootfs = umoci_unpack(
+        &sandbox.store,
+        "docker.io/committed/one:v1",
+        &sandbox.path("umoci-committed"),
+    );
+    let unpacked = Tree::walk("umoci unpack of the committed image", &rootfs);
+    assert_same(&before, &unpacked, &opts);
 }
 
 #[test]

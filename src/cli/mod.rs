@@ -5,6 +5,7 @@
 //! 3 image not found (in the store or the registry), 4 authentication or authorisation
 //! failure, 5 verification failure (a digest, size or diff_id that does not match).
 
+mod commit;
 mod docs;
 mod gc;
 mod images;
@@ -73,6 +74,8 @@ pub enum Command {
     Umount(umount::Args),
     /// Write an image's merged rootfs into a directory
     Unpack(unpack::Args),
+    /// Turn a writable mount's upper directory into a new image layer
+    Commit(commit::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs::CompletionArgs),
     /// Write the man pages into a directory
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount::run(&ctx, args),
         Command::Umount(args) => umount::run(&ctx, args),
         Command::Unpack(args) => unpack::run(&ctx, args),
+        Command::Commit(args) => commit::run(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::GenerateMan(args) => docs::write_man(args),
     }

@@ -292,6 +292,15 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     };
     match &args.upper {
         Some(upper) => {
+            let record = crate::store::MountRecord {
+                mountpoint: mountpoint.to_owned(),
+                upper: upper.clone(),
+                image: found.name.clone(),
+                manifest: found.descriptor.digest.clone(),
+            };
+            if let Err(e) = store.record_mount(&record) {
+                log::warn!("cannot record the mount for `layerfs commit`: {e}");
+            }
             let fs = crate::fs::OverlayFs::new(image, fs_options, upper)
                 .with_context(|| format!("cannot use upper directory {}", upper.display()))?;
             log::info!("writable: changes go to {}", upper.display());

@@ -13,6 +13,7 @@
 //!     indexes/<hex>.idx      the layer index of blob <hex> (entries, checkpoints)
 //!     cache/<hex>.tar        decompressed single-frame zstd layers, on first read
 //!     logs/                  logs of background mounts
+//!     mounts/<hex>.json      the image a writable mount's upper directory lies over
 //! ```
 //!
 //! Invariants: a file appears under `blobs/` only after its bytes were hashed, compared with
@@ -23,6 +24,7 @@
 mod blob;
 mod gc;
 mod image;
+mod mounts;
 mod refs;
 
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use blob::{BlobSlot, Partial};
 pub use gc::GcReport;
 pub use image::StoredImage;
+pub use mounts::MountRecord;
 pub use refs::ImageRef;
 
 use crate::digest::Digest;
