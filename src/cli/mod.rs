@@ -8,6 +8,7 @@
 mod commit;
 mod docs;
 mod gc;
+mod helper;
 mod images;
 mod inspect;
 mod load;
@@ -91,8 +92,23 @@ pub enum Format {
     Json,
 }
 
+/// Parse the command line; a mount-helper style one (`layerfs IMAGE MNT -o ...`, as mount(8)
+/// and fuse3's `mount.fuse3` call it) is first rewritten into `layerfs mount ...`.
 pub fn parse() -> Cli {
-    Cli::parse()
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut subcommands = vec!["help".to_owned()];
+    for sub in <Cli as clap::CommandFactory>::command().get_subcommands() {
+        subcommands.push(sub.get_name().to_owned());
+        subcommands.extend(sub.get_all_aliases().map(str::to_owned));
+    }
+    match helper::rewrite(&args, &subcommands) {
+        None => Cli::parse(),
+        Some(Ok(rewritten)) => Cli::parse_from(rewritten),
+        Some(Err(e)) => {
+            eprintln!("layerfs: {e}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// Log to stderr with the `layerfs:` prefix; `RUST_LOG` overrides `-q`/`-v`.

@@ -174,6 +174,24 @@ impl MountGuard {
         guard
     }
 
+    /// Takes charge of a mount something else made (mount(8), a helper) at `mountpoint`.
+    #[track_caller]
+    pub fn adopt(mountpoint: &Path) -> MountGuard {
+        let path = fs::canonicalize(mountpoint).unwrap();
+        let mut guard = MountGuard {
+            daemon: Daemon::Detached(daemon_pids(&path)),
+            log: log_path(&path),
+            path,
+            run_as: Vec::new(),
+            done: false,
+        };
+        guard.wait_mounted(APPEAR_TIMEOUT, None);
+        if let Daemon::Detached(pids) = &mut guard.daemon {
+            *pids = daemon_pids(&guard.path);
+        }
+        guard
+    }
+
     /// `layerfs mount --foreground IMAGE MOUNTPOINT [extra...]` as a child of the test.
     #[track_caller]
     pub fn foreground(

@@ -1,0 +1,199 @@
+//! mount(8) integration: `layerfs` called the way mount helpers are.
+//!
+//! `mount -t fuse.layerfs IMAGE MNT -o store=DIR,upper=DIR,allow_other` runs fuse3's
+//! `mount.fuse3`, which runs `layerfs IMAGE MNT -o OPTIONS`; `/etc/fstab` lines take the same
+//! route, and a `mount.fuse.layerfs` link to the binary is called the same way by mount(8)
+//! itself. Such a command line is rewritten here into `layerfs [--store DIR] mount ...` before
+//! the normal parser sees it. Options that only mean something to mount(8) or fstab
+//! (`defaults`, `noauto`, `nofail`, `_netdev`, `user`, `x-*`, ...) are dropped.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+/// Names the binary answers to as a mount helper.
+const HELPER_NAMES: &[&str] = &["mount.fuse.layerfs", "mount.layerfs"];
+
+/// Options that concern mount(8), fstab or fuse3's helper, never the file system.
+const DROPPED: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail", "_netdev",
+    "sw", "loop",
+];
+
+/// The `layerfs mount` command line for a helper-style invocation, `None` when `args` is an
+/// ordinary one (its first argument is an option or a subcommand).
+pub fn rewrite(args: &[OsString], subcommands: &[String]) -> Option<Result<Vec<OsString>, String>> {
+    let argv0 = args.first()?;
+    let base = std::path::Path::new(argv0)
+        .file_name()
+        .map(OsStr::as_bytes)
+        .unwrap_or_default();
+    let as_helper = HELPER_NAMES.iter().any(|n| base == n.as_bytes());
+    let first = args.get(1)?;
+    let first_is_command = first.as_bytes().starts_with(b"-")
+        || subcommands.iter().any(|s| s.as_bytes() == first.as_bytes());
+    if !as_helper && first_is_command {
+        return None;
+    }
+    Some(translate(&args[1..]))
+}
+
+fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
+    let mut positional: Vec<OsString> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    let mut foreground = false;
+    let mut verbose = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let bytes = a.as_bytes();
+        match bytes {
+            b"-o" => {
+                let v = it.next().ok_or("-o needs a value")?;
+                options.push(v.to_string_lossy().into_owned());
+            }
+            b"-f" => foreground = true,
+            b"-d" | b"--debug" | b"-v" => verbose = true,
+            // mount(8)'s "no mtab", "sloppy" and "fake" flags.
+            b"-n" | b"-s" => {}
+            _ if bytes.starts_with(b"-o") => {
+                options.push(String::from_utf8_lossy(&bytes[2..]).into_owned());
+            }
+            _ if bytes.starts_with(b"-") && bytes.len() > 1 => {
+                return Err(format!("unknown flag {} for a mount", a.to_string_lossy()));
+            }
+            _ => positional.push(a.clone()),
+        }
+    }
+    let (source, mountpoint) = match positional.as_slice() {
+        [s, m] => (s.clone(), m.clone()),
+        [_] => {
+            return Err("give an image and a mount point: layerfs IMAGE MOUNTPOINT -o ...".into());
+        }
+        _ => return Err("expected: layerfs IMAGE MOUNTPOINT [-o OPTIONS]".into()),
+    };
+    let mut store = None;
+    let mut upper = None;
+    let mut log = None;
+    let mut cache = None;
+    let mut rest = Vec::new();
+    for opt in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("store", Some(v)) => store = Some(v.to_owned()),
+            ("upper" | "upperdir", Some(v)) => upper = Some(v.to_owned()),
+            // An overlayfs-style work directory: copy-up needs none.
+            ("workdir", Some(_)) => {}
+            ("log", Some(v)) => log = Some(v.to_owned()),
+            ("cache_mib", Some(v)) => cache = Some(v.to_owned()),
+            ("lowerdir", Some(_)) => {
+                return Err(
+                    "lowerdir= (directory lower layers) is not supported; mount an image from \
+                     the store instead"
+                        .into(),
+                );
+            }
+            ("fsname" | "subtype" | "comment" | "source", Some(_)) => {}
+            (k, _) if DROPPED.contains(&k) || k.starts_with("x-") => {}
+            _ => rest.push(opt.to_owned()),
+        }
+    }
+    let mut out: Vec<OsString> = vec!["layerfs".into()];
+    if verbose {
+        out.push("-v".into());
+    }
+    if let Some(s) = store {
+        out.extend(["--store".into(), s.into()]);
+    }
+    out.extend(["mount".into(), source, mountpoint]);
+    if let Some(u) = upper {
+        out.extend(["--upper".into(), u.into()]);
+    }
+    if let Some(l) = log {
+        out.extend(["--log".into(), l.into()]);
+    }
+    if let Some(c) = cache {
+        out.extend(["--cache-mib".into(), c.into()]);
+    }
+    if foreground {
+        out.push("--foreground".into());
+    }
+    if !rest.is_empty() {
+        out.extend(["-o".into(), rest.join(",").into()]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Option<Result<Vec<String>, String>> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let subs = vec!["mount".to_owned(), "pull".to_owned()];
+        rewrite(&args, &subs)
+            .map(|r| r.map(|v| v.iter().map(|s| s.to_string_lossy().into_owned()).collect()))
+    }
+
+    #[test]
+    fn helper_command_lines() {
+        assert_eq!(run(&["layerfs", "mount", "x", "/m"]), None);
+        assert_eq!(run(&["layerfs", "--store", "s", "pull", "x"]), None);
+        assert_eq!(
+            run(&[
+                "layerfs",
+                "debian:12",
+                "/mnt",
+                "-o",
+                "rw,store=/s,upper=/u,allow_other,noauto,nofail,_netdev,x-systemd.automount,dev,suid"
+            ]),
+            Some(Ok(vec![
+                "layerfs",
+                "--store",
+                "/s",
+                "mount",
+                "debian:12",
+                "/mnt",
+                "--upper",
+                "/u",
+                "-o",
+                "rw,allow_other,dev,suid"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()))
+        );
+        assert_eq!(
+            run(&[
+                "/sbin/mount.fuse.layerfs",
+                "img",
+                "/m",
+                "-n",
+                "-oro,defaults",
+                "-f"
+            ]),
+            Some(Ok(vec![
+                "layerfs",
+                "mount",
+                "img",
+                "/m",
+                "--foreground",
+                "-o",
+                "ro"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()))
+        );
+        assert!(matches!(run(&["layerfs", "img"]), Some(Err(_))));
+        assert!(matches!(
+            run(&["layerfs", "img", "/m", "-o", "lowerdir=/a:/b"]),
+            Some(Err(e)) if e.contains("lowerdir")
+        ));
+    }
+}
