@@ -30,6 +30,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Tree(#[from] tree::Error),
+    #[error("lower directory {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: layer::dir::Error,
+    },
 }
 
 /// Load everything needed to serve the image `descriptor` names.
@@ -38,6 +44,53 @@ pub fn open_image(
     descriptor: &Descriptor,
     cache: Arc<SpanCache>,
 ) -> Result<Image, Error> {
+    open_layers(Some((store, descriptor)), &[], cache)
+}
+
+/// Load everything needed to serve the layers of the image `descriptor` names (if any) with
+/// the directories `lowerdirs` above them, the first directory on top (overlayfs' order).
+pub fn open_layers(
+    image: Option<(&Store, &Descriptor)>,
+    lowerdirs: &[std::path::PathBuf],
+    cache: Arc<SpanCache>,
+) -> Result<Image, Error> {
+    let (mut layers, mut entry_lists) = match image {
+        Some((store, d)) => open_blobs(store, d, cache)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    for dir in lowerdirs.iter().rev() {
+        let scanned = layer::dir::scan(dir).map_err(|source| Error::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        entry_lists.push(scanned.entries);
+        layers.push(Box::new(scanned.stream) as Box<dyn layer::reader::ReadAt>);
+    }
+    let tree = {
+        let slices: Vec<&[layer::index::Entry]> = entry_lists.iter().map(Vec::as_slice).collect();
+        Tree::build(&slices)?
+    };
+    let layers = layers
+        .into_iter()
+        .zip(entry_lists)
+        .map(|(stream, entries)| Layer { entries, stream })
+        .collect();
+    Ok(Image { tree, layers })
+}
+
+/// The streams and entries of an image's layers, bottom first.
+#[allow(clippy::type_complexity)]
+fn open_blobs(
+    store: &Store,
+    descriptor: &Descriptor,
+    cache: Arc<SpanCache>,
+) -> Result<
+    (
+        Vec<Box<dyn layer::reader::ReadAt>>,
+        Vec<Vec<layer::index::Entry>>,
+    ),
+    Error,
+> {
     let stored = store.image(descriptor)?;
     let mut indexes = Vec::with_capacity(stored.manifest.layers.len());
     for (i, desc) in stored.manifest.layers.iter().enumerate() {
@@ -73,12 +126,8 @@ pub fn open_image(
         }
         indexes.push(index);
     }
-    let tree = {
-        let slices: Vec<&[layer::index::Entry]> =
-            indexes.iter().map(|i| i.entries.as_slice()).collect();
-        Tree::build(&slices)?
-    };
-    let mut layers = Vec::with_capacity(indexes.len());
+    let mut streams = Vec::with_capacity(indexes.len());
+    let mut entries = Vec::with_capacity(indexes.len());
     for (id, index) in indexes.into_iter().enumerate() {
         let stream =
             layer::open_stream(store, &index, id as u64, cache.clone()).map_err(|source| {
@@ -87,10 +136,8 @@ pub fn open_image(
                     source,
                 }
             })?;
-        layers.push(Layer {
-            entries: index.entries,
-            stream,
-        });
+        streams.push(stream);
+        entries.push(index.entries);
     }
-    Ok(Image { tree, layers })
+    Ok((streams, entries))
 }

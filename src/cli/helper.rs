@@ -29,8 +29,13 @@ pub fn rewrite(args: &[OsString], subcommands: &[String]) -> Option<Result<Vec<O
         .unwrap_or_default();
     let as_helper = HELPER_NAMES.iter().any(|n| base == n.as_bytes());
     let first = args.get(1)?;
-    let first_is_command = first.as_bytes().starts_with(b"-")
-        || subcommands.iter().any(|s| s.as_bytes() == first.as_bytes());
+    // fuse-overlayfs' callers (containers-storage's mount_program) start with `-o` or `-f`,
+    // which no layerfs command begins with.
+    let fuse_style =
+        first.as_bytes().starts_with(b"-o") || matches!(first.as_bytes(), b"-f" | b"-d");
+    let first_is_command = !fuse_style
+        && (first.as_bytes().starts_with(b"-")
+            || subcommands.iter().any(|s| s.as_bytes() == first.as_bytes()));
     if !as_helper && first_is_command {
         return None;
     }
@@ -63,9 +68,19 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
             _ => positional.push(a.clone()),
         }
     }
-    let (source, mountpoint) = match positional.as_slice() {
-        [s, m] => (s.clone(), m.clone()),
-        [_] => {
+    let lowerdir = options
+        .iter()
+        .flat_map(|o| split_options(o))
+        .find_map(|o| o.strip_prefix("lowerdir=").map(str::to_owned));
+    let mut image: Option<OsString> = None;
+    let mountpoint = match (positional.as_slice(), &lowerdir) {
+        // With lower directories the source is only a name, as for fuse-overlayfs.
+        ([m], Some(_)) | ([_, m], Some(_)) => m.clone(),
+        ([s, m], None) => {
+            image = Some(s.clone());
+            m.clone()
+        }
+        ([_], None) => {
             return Err("give an image and a mount point: layerfs IMAGE MOUNTPOINT -o ...".into());
         }
         _ => return Err("expected: layerfs IMAGE MOUNTPOINT [-o OPTIONS]".into()),
@@ -91,13 +106,8 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("workdir", Some(_)) => {}
             ("log", Some(v)) => log = Some(v.to_owned()),
             ("cache_mib", Some(v)) => cache = Some(v.to_owned()),
-            ("lowerdir", Some(_)) => {
-                return Err(
-                    "lowerdir= (directory lower layers) is not supported; mount an image from \
-                     the store instead"
-                        .into(),
-                );
-            }
+            ("lowerdir", Some(_)) => {}
+            ("image", Some(v)) => image = Some(v.into()),
             ("fsname" | "subtype" | "comment" | "source", Some(_)) => {}
             (k, _) if DROPPED.contains(&k) || k.starts_with("x-") => {}
             _ => rest.push(opt.to_owned()),
@@ -110,7 +120,12 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
     if let Some(s) = store {
         out.extend(["--store".into(), s.into()]);
     }
-    out.extend(["mount".into(), source, mountpoint]);
+    out.push("mount".into());
+    if let Some(l) = lowerdir {
+        out.extend(["--lowerdir".into(), l.into()]);
+    }
+    out.extend(image);
+    out.push(mountpoint);
     if let Some(u) = upper {
         out.extend(["--upper".into(), u.into()]);
     }
@@ -127,6 +142,31 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
         out.extend(["-o".into(), rest.join(",").into()]);
     }
     Ok(out)
+}
+
+/// Split an `-o` value at commas that are not escaped with a backslash (a colon escape in
+/// `lowerdir=` stays as it is for the next parser).
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(',') => cur.push(','),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => cur.push('\\'),
+            },
+            ',' => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.retain(|o| !o.is_empty());
+    out
 }
 
 #[cfg(test)]
@@ -191,9 +231,27 @@ mod tests {
             .collect()))
         );
         assert!(matches!(run(&["layerfs", "img"]), Some(Err(_))));
-        assert!(matches!(
-            run(&["layerfs", "img", "/m", "-o", "lowerdir=/a:/b"]),
-            Some(Err(e)) if e.contains("lowerdir")
-        ));
+        assert_eq!(
+            run(&[
+                "fuse-overlayfs",
+                "-o",
+                "lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w,squash_to_root",
+                "/m"
+            ]),
+            Some(Ok(vec![
+                "layerfs",
+                "mount",
+                "--lowerdir",
+                "/l1:/l\\:2",
+                "/m",
+                "--upper",
+                "/u",
+                "-o",
+                "squash_to_root"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()))
+        );
     }
 }

@@ -34,11 +34,15 @@ Examples:
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// Image: a reference as pulled, or a manifest digest (prefix)
-    pub image: String,
+    /// The image (a reference as pulled, or a manifest digest prefix; left out when
+    /// --lowerdir gives all the layers) and the directory to mount on
+    #[arg(value_names = ["IMAGE", "MOUNTPOINT"], num_args = 1..=2, required = true)]
+    pub targets: Vec<PathBuf>,
 
-    /// Directory to mount on
-    pub mountpoint: PathBuf,
+    /// Directories as lower layers, overlayfs style: the first is the top one; `\:` is a colon
+    /// inside a name. With an image, its layers lie below them
+    #[arg(long, value_name = "DIR[:DIR...]")]
+    pub lowerdir: Option<String>,
 
     /// Stay attached; log to stderr; SIGINT/SIGTERM unmount
     #[arg(short, long)]
@@ -68,6 +72,43 @@ pub struct Args {
     pub log: Option<PathBuf>,
 }
 
+impl Args {
+    /// The image named, if any.
+    fn image(&self) -> Option<String> {
+        (self.targets.len() == 2).then(|| self.targets[0].to_string_lossy().into_owned())
+    }
+
+    fn mountpoint(&self) -> &Path {
+        self.targets.last().map_or(Path::new(""), PathBuf::as_path)
+    }
+
+    /// The lower directories, top first.
+    fn lowerdirs(&self) -> Vec<PathBuf> {
+        self.lowerdir.as_deref().map(split_dirs).unwrap_or_default()
+    }
+}
+
+/// Split a `lowerdir=` list at unescaped colons.
+fn split_dirs(list: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ':' => out.push(PathBuf::from(std::mem::take(&mut cur))),
+            _ => cur.push(c),
+        }
+    }
+    out.push(PathBuf::from(cur));
+    out.retain(|p| !p.as_os_str().is_empty());
+    out
+}
+
 /// Parsed `-o` options.
 #[derive(Debug, Default, Clone)]
 struct MountOptions {
@@ -77,6 +118,9 @@ struct MountOptions {
     uid_map: IdMap,
     gid_map: IdMap,
     flags: Vec<fuser::MountOption>,
+    squash_uid: Option<u32>,
+    squash_gid: Option<u32>,
+    static_nlink: bool,
     /// `rw` was asked for (needs --upper) or `ro`.
     rw: bool,
     ro: bool,
@@ -92,7 +136,19 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
-        if !matches!(key, "uidmapping" | "gidmapping" | "ro" | "rw") {
+        if !matches!(
+            key,
+            "uidmapping"
+                | "gidmapping"
+                | "ro"
+                | "rw"
+                | "squash_to_root"
+                | "squash_to_uid"
+                | "squash_to_gid"
+                | "static_nlink"
+                | "noacl"
+                | "userxattr"
+        ) {
             out.text.push(opt.to_owned());
         }
         match (key, value) {
@@ -105,6 +161,20 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             ("gidmapping", Some(v)) => {
                 out.gid_map = v.parse().map_err(|e| anyhow::anyhow!("gidmapping: {e}"))?
             }
+            ("squash_to_root", None) => {
+                out.squash_uid = Some(0);
+                out.squash_gid = Some(0);
+            }
+            ("squash_to_uid", Some(v)) => {
+                out.squash_uid = Some(v.parse().map_err(|_| anyhow::anyhow!("{opt}: not a uid"))?)
+            }
+            ("squash_to_gid", Some(v)) => {
+                out.squash_gid = Some(v.parse().map_err(|_| anyhow::anyhow!("{opt}: not a gid"))?)
+            }
+            ("static_nlink", None) => out.static_nlink = true,
+            // Neither ACLs nor trusted xattrs need switching off or on here: ACLs are not
+            // interpreted, and the xattr namespace follows the daemon's privileges.
+            ("noacl" | "userxattr", None) => {}
             ("ro", None) => out.ro = true,
             ("rw", None) => out.rw = true,
             ("dev", None) => out.flags.push(M::Dev),
@@ -163,8 +233,37 @@ pub fn run(ctx: &Context, mut args: Args) -> Result<()> {
             .with_context(|| format!("upper directory {} is not usable", upper.display()))?;
         args.upper = Some(upper);
     }
-    let mountpoint = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {} does not exist", args.mountpoint.display()))?;
+    if args.image().is_none() && args.lowerdir.is_none() {
+        bail!(
+            "give an image and a mount point (layerfs mount IMAGE MOUNTPOINT), or lower \
+             directories with --lowerdir"
+        );
+    }
+    let lowerdirs: Vec<PathBuf> = args
+        .lowerdirs()
+        .iter()
+        .map(|d| {
+            std::fs::canonicalize(d)
+                .with_context(|| format!("lower directory {} does not exist", d.display()))
+        })
+        .collect::<Result<_>>()?;
+    if args.lowerdir.is_some() {
+        if lowerdirs.is_empty() {
+            bail!("--lowerdir names no directory");
+        }
+        let joined: Vec<String> = lowerdirs
+            .iter()
+            .map(|d| {
+                d.to_string_lossy()
+                    .replace('\\', "\\\\")
+                    .replace(':', "\\:")
+            })
+            .collect();
+        args.lowerdir = Some(joined.join(":"));
+    }
+    let target = args.mountpoint().to_owned();
+    let mountpoint = std::fs::canonicalize(&target)
+        .with_context(|| format!("mount point {} does not exist", target.display()))?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
@@ -218,11 +317,16 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     if let Some(upper) = &args.upper {
         cmd.arg("--upper").arg(upper);
     }
+    if let Some(dirs) = &args.lowerdir {
+        cmd.arg("--lowerdir").arg(dirs);
+    }
     if !args.options.is_empty() {
         cmd.arg("-o").arg(args.options.join(","));
     }
-    cmd.arg(&args.image)
-        .arg(mountpoint)
+    if let Some(image) = args.image() {
+        cmd.arg(image);
+    }
+    cmd.arg(mountpoint)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
@@ -256,7 +360,8 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     }
     ctx.say(&format!(
         "mounted {} at {} (pid {}, log {})",
-        args.image,
+        args.image()
+            .unwrap_or_else(|| "the lower directories".into()),
         mountpoint.display(),
         child.id(),
         log_path.display()
@@ -270,20 +375,39 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
         // Leave the caller's session so its hangup does not end the mount.
         let _ = rustix::process::setsid();
     }
-    let store = ctx.store()?;
-    let found = store.find(&args.image)?;
+    let image_name = args.image();
+    let store = match &image_name {
+        Some(_) => Some(ctx.store()?),
+        None => None,
+    };
+    let found = match (&store, &image_name) {
+        (Some(store), Some(name)) => Some(store.find(name)?),
+        _ => None,
+    };
     let cache = Arc::new(crate::layer::SpanCache::new(
         args.cache_mib.saturating_mul(1 << 20),
     ));
-    let image = crate::mount::open_image(&store, &found.descriptor, cache)
-        .with_context(|| format!("cannot open {}", found.name))?;
+    let lowerdirs = args.lowerdirs();
+    let name = match &found {
+        Some(f) => f.name.clone(),
+        None => format!("lowerdir={}", args.lowerdir.as_deref().unwrap_or_default()),
+    };
+    let blobs = match (&store, &found) {
+        (Some(store), Some(f)) => Some((store, &f.descriptor)),
+        _ => None,
+    };
+    let image = crate::mount::open_layers(blobs, &lowerdirs, cache)
+        .with_context(|| format!("cannot open {name}"))?;
     let image = Arc::new(image);
     let fs_options = crate::fs::Options {
         uid_map: options.uid_map.clone(),
         gid_map: options.gid_map.clone(),
+        squash_uid: options.squash_uid,
+        squash_gid: options.squash_gid,
+        static_nlink: options.static_nlink,
     };
     let mount = Mounting {
-        name: &found.name,
+        name: &name,
         mountpoint,
         options: &options,
         threads: args.threads,
@@ -292,14 +416,16 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     };
     match &args.upper {
         Some(upper) => {
-            let record = crate::store::MountRecord {
-                mountpoint: mountpoint.to_owned(),
-                upper: upper.clone(),
-                image: found.name.clone(),
-                manifest: found.descriptor.digest.clone(),
-            };
-            if let Err(e) = store.record_mount(&record) {
-                log::warn!("cannot record the mount for `layerfs commit`: {e}");
+            if let (Some(store), Some(found)) = (&store, &found) {
+                let record = crate::store::MountRecord {
+                    mountpoint: mountpoint.to_owned(),
+                    upper: upper.clone(),
+                    image: found.name.clone(),
+                    manifest: found.descriptor.digest.clone(),
+                };
+                if let Err(e) = store.record_mount(&record) {
+                    log::warn!("cannot record the mount for `layerfs commit`: {e}");
+                }
             }
             let fs = crate::fs::OverlayFs::new(image, fs_options, upper)
                 .with_context(|| format!("cannot use upper directory {}", upper.display()))?;

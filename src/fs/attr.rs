@@ -105,9 +105,13 @@ pub(super) fn lower_attr(node: &Node, options: &super::Options, ino: fuser::INod
         crtime: t,
         kind: kind(node),
         perm: (node.mode & 0o7777) as u16,
-        nlink: node.nlink,
-        uid: options.uid_map.to_host(node.uid),
-        gid: options.gid_map.to_host(node.gid),
+        nlink: if node.is_dir() && options.static_nlink {
+            1
+        } else {
+            node.nlink
+        },
+        uid: options.show_uid(node.uid),
+        gid: options.show_gid(node.gid),
         rdev: rdev(node.dev_major, node.dev_minor),
         blksize: BLOCK_SIZE,
         flags: 0,

@@ -58,6 +58,22 @@ impl Image {
 pub struct Options {
     pub uid_map: IdMap,
     pub gid_map: IdMap,
+    /// Show every entry as owned by this uid (fuse-overlayfs' `squash_to_uid`).
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    /// Report a link count of 1 for directories (fuse-overlayfs' `static_nlink`).
+    pub static_nlink: bool,
+}
+
+impl Options {
+    /// The uid shown for image uid `id`.
+    pub fn show_uid(&self, id: u64) -> u32 {
+        self.squash_uid.unwrap_or_else(|| self.uid_map.to_host(id))
+    }
+
+    pub fn show_gid(&self, id: u64) -> u32 {
+        self.squash_gid.unwrap_or_else(|| self.gid_map.to_host(id))
+    }
 }
 
 /// The `fuser::Filesystem`.

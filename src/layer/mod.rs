@@ -6,6 +6,7 @@
 //! callers hand in any reader of the compressed bytes and a sink for the uncompressed ones, so
 //! the pull can hash, store and (later) index a layer in one pass.
 
+pub mod dir;
 pub mod gzip;
 pub mod index;
 pub mod reader;

@@ -605,7 +605,11 @@ impl OverlayFs {
                 .flat_map(|c| c.values())
                 .filter(|c| st.inodes.get(c).is_some_and(Inode::is_dir))
                 .count();
-            attr.nlink = 2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX));
+            attr.nlink = if self.options.static_nlink {
+                1
+            } else {
+                2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX))
+            };
         }
         Ok(attr)
     }
@@ -642,8 +646,8 @@ impl OverlayFs {
             kind: kind_of_type(t),
             perm: perm as u16,
             nlink: u32::try_from(s.st_nlink).unwrap_or(u32::MAX),
-            uid: self.options.uid_map.to_host(u64::from(uid)),
-            gid: self.options.gid_map.to_host(u64::from(gid)),
+            uid: self.options.show_uid(u64::from(uid)),
+            gid: self.options.show_gid(u64::from(gid)),
             rdev: rdev(major, minor),
             blksize: BLOCK_SIZE,
             flags: 0,
