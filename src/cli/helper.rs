@@ -39,10 +39,11 @@ pub fn rewrite(args: &[OsString], subcommands: &[String]) -> Option<Result<Vec<O
     if !as_helper && first_is_command {
         return None;
     }
-    Some(translate(&args[1..]))
+    Some(translate(&args[1..], rustix::process::geteuid().is_root()))
 }
 
-fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
+/// The rewritten command line; `root`: the caller is root.
+fn translate(args: &[OsString], root: bool) -> Result<Vec<OsString>, String> {
     let mut positional: Vec<OsString> = Vec::new();
     let mut options: Vec<String> = Vec::new();
     let mut foreground = false;
@@ -138,6 +139,18 @@ fn translate(args: &[OsString]) -> Result<Vec<OsString>, String> {
     if foreground {
         out.push("--foreground".into());
     }
+    // A system mount made by root serves every user with the kernel checking permissions,
+    // as fuse-overlayfs does when root runs it.
+    if root {
+        for (opt, alternatives) in [
+            ("allow_other", &["allow_other", "allow_root"][..]),
+            ("default_permissions", &["default_permissions"][..]),
+        ] {
+            if !rest.iter().any(|r| alternatives.contains(&r.as_str())) {
+                rest.push(opt.to_owned());
+            }
+        }
+    }
     if !rest.is_empty() {
         out.extend(["-o".into(), rest.join(",").into()]);
     }
@@ -176,8 +189,24 @@ mod tests {
     fn run(args: &[&str]) -> Option<Result<Vec<String>, String>> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let subs = vec!["mount".to_owned(), "pull".to_owned()];
-        rewrite(&args, &subs)
-            .map(|r| r.map(|v| v.iter().map(|s| s.to_string_lossy().into_owned()).collect()))
+        rewrite(&args, &subs)?;
+        Some(
+            translate(&args[1..], false)
+                .map(|v| v.iter().map(|s| s.to_string_lossy().into_owned()).collect()),
+        )
+    }
+
+    #[test]
+    fn root_mounts_serve_everyone_with_kernel_checks() {
+        let args: Vec<OsString> = ["img", "/m", "-o", "allow_root"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = translate(&args, true).unwrap();
+        assert_eq!(
+            out.last().map(|s| s.to_string_lossy().into_owned()),
+            Some("allow_root,default_permissions".to_owned())
+        );
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub struct Args {
     pub foreground: bool,
 
     /// Mount options, comma separated: allow_other, allow_root, default_permissions,
-    /// uidmapping=C:H:N[:C:H:N...], gidmapping=..., ro, nodev, dev, nosuid, suid, noexec,
-    /// exec, noatime, atime
+    /// uidmapping=C:H:N[:C:H:N...], gidmapping=..., ro, rw (with --upper), nodev, dev, nosuid,
+    /// suid, noexec, exec, noatime, atime; fuse-overlayfs' squash_to_root, squash_to_uid=N,
+    /// squash_to_gid=N, static_nlink, noacl, userxattr; redirect_dir=off (renaming a directory
+    /// with lower content answers EXDEV instead of copying it up)
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
 
@@ -121,6 +123,7 @@ struct MountOptions {
     squash_uid: Option<u32>,
     squash_gid: Option<u32>,
     static_nlink: bool,
+    no_dir_rename: bool,
     /// `rw` was asked for (needs --upper) or `ro`.
     rw: bool,
     ro: bool,
@@ -148,6 +151,7 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 | "static_nlink"
                 | "noacl"
                 | "userxattr"
+                | "redirect_dir"
         ) {
             out.text.push(opt.to_owned());
         }
@@ -172,6 +176,8 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 out.squash_gid = Some(v.parse().map_err(|_| anyhow::anyhow!("{opt}: not a gid"))?)
             }
             ("static_nlink", None) => out.static_nlink = true,
+            ("redirect_dir", Some("on" | "follow")) => out.no_dir_rename = false,
+            ("redirect_dir", Some("off" | "nofollow")) => out.no_dir_rename = true,
             // Neither ACLs nor trusted xattrs need switching off or on here: ACLs are not
             // interpreted, and the xattr namespace follows the daemon's privileges.
             ("noacl" | "userxattr", None) => {}
@@ -405,6 +411,7 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
         squash_uid: options.squash_uid,
         squash_gid: options.squash_gid,
         static_nlink: options.static_nlink,
+        no_dir_rename: options.no_dir_rename,
     };
     let mount = Mounting {
         name: &name,

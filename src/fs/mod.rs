@@ -63,6 +63,9 @@ pub struct Options {
     pub squash_gid: Option<u32>,
     /// Report a link count of 1 for directories (fuse-overlayfs' `static_nlink`).
     pub static_nlink: bool,
+    /// Answer EXDEV to renaming a directory that has lower content, as kernel overlayfs does
+    /// with `redirect_dir=off` (programs such as `mv` then copy it), instead of copying it up.
+    pub no_dir_rename: bool,
 }
 
 impl Options {

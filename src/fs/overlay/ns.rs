@@ -382,6 +382,15 @@ impl OverlayFs {
             return Ok(());
         }
         let src_dir = st.get(src)?.is_dir();
+        let has_lower = |st: &State, ino: u64| {
+            st.get(ino)
+                .is_ok_and(|n| n.is_dir() && n.lower.is_some() && !n.opaque)
+        };
+        if self.options.no_dir_rename
+            && (has_lower(&st, src) || (exchange && dst.is_some_and(|d| has_lower(&st, d))))
+        {
+            return Err(FsError::Os(Errno::XDEV.raw_os_error()));
+        }
         if let Some(d) = dst.filter(|_| !exchange) {
             let d_dir = st.get(d)?.is_dir();
             if src_dir && !d_dir {
