@@ -189,7 +189,7 @@ mod tests {
     fn run(args: &[&str]) -> Option<Result<Vec<String>, String>> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let subs = vec!["mount".to_owned(), "pull".to_owned()];
-        rewrite(&args, &subs)?;
+        let _helper_style = rewrite(&args, &subs)?;
         Some(
             translate(&args[1..], false)
                 .map(|v| v.iter().map(|s| s.to_string_lossy().into_owned()).collect()),
