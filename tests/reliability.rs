@@ -206,7 +206,7 @@ fn soak_readers_and_writers() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let rel = &files[(x % files.len() as u64) as usize];
-                if x % 8 == 0 {
+                if x.is_multiple_of(8) {
                     // A walk of one directory, with stat of every entry.
                     let dir = mnt.join(rel.parent().unwrap());
                     for e in fs::read_dir(&dir).map_err(|e| format!("{dir:?}: {e}"))? {
