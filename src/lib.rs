@@ -16,6 +16,7 @@ pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -14,6 +14,7 @@ mod inspect;
 mod load;
 mod mount;
 mod pull;
+mod push;
 mod rm;
 mod umount;
 mod unpack;
@@ -77,11 +78,54 @@ pub enum Command {
     Unpack(unpack::Args),
     /// Turn a writable mount's upper directory into a new image layer
     Commit(commit::Args),
+    /// Upload an image from the store to a registry
+    Push(push::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs::CompletionArgs),
     /// Write the man pages into a directory
     #[command(hide = true)]
     GenerateMan(docs::ManArgs),
+}
+
+/// How to reach a registry: shared by `pull` and `push`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Credentials for the registry (otherwise read from $REGISTRY_AUTH_FILE, containers'
+    /// auth.json or ~/.docker/config.json)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+
+    /// Talk plain HTTP to this registry (loopback registries use HTTP without this flag)
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Require HTTPS with a verified certificate (true), or allow plain HTTP (false)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_verify: Option<bool>,
+
+    /// Directory with extra CA certificates (*.crt) and client certificates (NAME.cert and
+    /// NAME.key) [default: /etc/containers/certs.d/REGISTRY, /etc/docker/certs.d/REGISTRY]
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> anyhow::Result<crate::registry::Options> {
+        use anyhow::Context as _;
+        let creds = match self.creds.as_deref() {
+            Some(c) => Some(
+                crate::registry::auth::Credentials::parse(c)
+                    .context("--creds takes USER:PASSWORD, with a non-empty user")?,
+            ),
+            None => None,
+        };
+        Ok(crate::registry::Options {
+            creds,
+            insecure: self.insecure,
+            tls_verify: self.tls_verify,
+            cert_dir: self.cert_dir.clone(),
+        })
+    }
 }
 
 /// Output format for commands that print data.
@@ -150,6 +194,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount(args) => umount::run(&ctx, args),
         Command::Unpack(args) => unpack::run(&ctx, args),
         Command::Commit(args) => commit::run(&ctx, args),
+        Command::Push(args) => push::run(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::GenerateMan(args) => docs::write_man(args),
     }
@@ -194,7 +239,7 @@ pub fn format_error(err: &anyhow::Error) -> String {
 
 /// Map an error to the documented exit code.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    use crate::{archive, pull, registry, store};
+    use crate::{archive, pull, push, registry, store};
     fn registry_code(e: &registry::Error) -> Option<u8> {
         match e {
             registry::Error::Unauthorized { .. } | registry::Error::Denied { .. } => Some(4),
@@ -223,6 +268,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 | pull::Error::DiffIdMismatch { .. } => Some(5),
                 pull::Error::NoPlatform { .. } | pull::Error::WrongPlatform { .. } => Some(3),
                 _ => None,
+            }
+        } else if let Some(e) = cause.downcast_ref::<push::Error>() {
+            match e {
+                push::Error::Registry(r) => registry_code(r),
+                push::Error::Store(s) => store_code(s),
             }
         } else if let Some(e) = cause.downcast_ref::<archive::Error>() {
             match e {

@@ -1,7 +1,6 @@
 //! `layerfs pull`: progress bars on a terminal, plain lines otherwise, the digest on stdout.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{Context as _, Result, bail};
@@ -12,7 +11,6 @@ use crate::digest::Digest;
 use crate::image::Platform;
 use crate::pull::{self, Progress};
 use crate::reference::Reference;
-use crate::registry::{self, auth::Credentials};
 
 /// Layers downloaded at once by default: enough to fill a link, few enough to be polite.
 const DEFAULT_JOBS: usize = 3;
@@ -35,23 +33,8 @@ pub struct Args {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
 
-    /// Credentials for the registry (otherwise read from $REGISTRY_AUTH_FILE, containers'
-    /// auth.json or ~/.docker/config.json)
-    #[arg(long, value_name = "USER:PASSWORD")]
-    pub creds: Option<String>,
-
-    /// Talk plain HTTP to this registry (loopback registries use HTTP without this flag)
-    #[arg(long)]
-    pub insecure: bool,
-
-    /// Require HTTPS with a verified certificate (true), or allow plain HTTP (false)
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub tls_verify: Option<bool>,
-
-    /// Directory with extra CA certificates (*.crt) and client certificates (NAME.cert and
-    /// NAME.key) [default: /etc/containers/certs.d/REGISTRY, /etc/docker/certs.d/REGISTRY]
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: super::RegistryArgs,
 
     /// Layers downloaded at once
     #[arg(long, short = 'j', default_value_t = DEFAULT_JOBS, value_name = "N")]
@@ -89,24 +72,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .as_deref()
         .map(str::parse::<Platform>)
         .transpose()?;
-    let creds = match args.creds.as_deref() {
-        Some(c) => Some(
-            Credentials::parse(c).context("--creds takes USER:PASSWORD, with a non-empty user")?,
-        ),
-        None => None,
-    };
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
     let options = pull::Options {
         platform,
         jobs: args.jobs,
-        registry: registry::Options {
-            creds,
-            insecure: args.insecure,
-            tls_verify: args.tls_verify,
-            cert_dir: args.cert_dir,
-        },
+        registry: args.registry.options()?,
         limit_rate: args.limit_rate,
     };
     let store = ctx.store()?;

@@ -10,6 +10,7 @@
 pub mod auth;
 mod blob;
 mod tls;
+mod upload;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use blob::{BlobReader, RateLimit};
+pub use upload::{Body, Mounted};
 
 use crate::digest::Digest;
 use crate::image::media;
@@ -287,8 +289,14 @@ impl Client {
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            if on_registry && let Some(h) = self.authorization(&scope) {
-                req = req.set("Authorization", &h);
+            let header = if on_registry {
+                self.authorization(&scope)
+            } else {
+                None
+            };
+            let sent_auth = header.is_some();
+            if let Some(h) = &header {
+                req = req.set("Authorization", h);
             }
             let result = req.call();
             let resp = match result {
@@ -326,7 +334,7 @@ impl Client {
                         .iter()
                         .flat_map(|h| auth::parse_challenges(h))
                         .collect();
-                    self.answer_challenge(&challenges, &scope)?;
+                    self.answer_challenge(&challenges, &scope, sent_auth)?;
                     authenticated_retry = true;
                 }
                 _ => return Err(self.status_error("GET", &url, what, resp)),
@@ -362,8 +370,14 @@ impl Client {
         }
     }
 
-    /// React to a 401: remember the scheme; for Bearer, get a token for `scope`.
-    fn answer_challenge(&self, challenges: &[Challenge], scope: &str) -> Result<()> {
+    /// React to a 401: remember the scheme; for Bearer, get a token for `scope`. `sent_auth`:
+    /// the refused request carried credentials (so Basic ones were refused, not missing).
+    fn answer_challenge(
+        &self,
+        challenges: &[Challenge],
+        scope: &str,
+        sent_auth: bool,
+    ) -> Result<()> {
         let unauthorized = |detail: &str| Error::Unauthorized {
             registry: self.registry.clone(),
             detail: detail.to_owned(),
@@ -388,7 +402,7 @@ impl Client {
         }
         if let Ok(mut state) = self.auth.lock() {
             let already = state.challenge.as_ref() == Some(chosen);
-            if already && chosen.scheme == "basic" {
+            if already && sent_auth && chosen.scheme == "basic" {
                 let src = self.creds_source.clone().unwrap_or_default();
                 return Err(unauthorized(&format!(
                     " (the credentials from {src} were refused)"
@@ -415,7 +429,10 @@ impl Client {
             if let Some(service) = challenge.params.get("service") {
                 q.append_pair("service", service);
             }
-            q.append_pair("scope", scope);
+            // A push with a cross-repository mount needs two scopes.
+            for s in scope.split(' ') {
+                q.append_pair("scope", s);
+            }
         }
         let mut req = self.agent.get(url.as_str());
         let realm_host = url.host_str().unwrap_or("").to_owned();
