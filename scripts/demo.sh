@@ -103,6 +103,26 @@ say "it is read-only; layerfs umount ends it:"
 show sh -c "touch '$MNT/new-file' || true"
 show "$LAYERFS" umount "$MNT"
 
+say "with --upper the view is writable; every change lands in the upper directory:"
+UPPER=$WORK/upper
+show "$LAYERFS" mount --upper "$UPPER" "$REF" "$MNT"
+show sh -c "echo 'Welcome to a layerfs demo' > '$MNT/etc/motd'"
+show rm "$MNT/etc/issue.net"
+show mkdir "$MNT/srv/demo"
+show cat "$MNT/etc/motd"
+show ls -l "$UPPER" "$UPPER/etc"
+say "commit turns the upper directory into a new layer; push uploads the new image:"
+NEWREF=$REGISTRY/demo/debian:motd
+show "$LAYERFS" commit "$MNT" "$NEWREF" --message "a new motd"
+show "$LAYERFS" umount "$MNT"
+show "$LAYERFS" push "$NEWREF"
+show skopeo inspect --tls-verify=false --format '{{len .Layers}} layers, digest {{.Digest}}' "docker://$NEWREF"
+say "pulled back into an empty store and mounted, the change is there:"
+show "$LAYERFS" --store "$WORK/store2" pull "$NEWREF"
+show "$LAYERFS" --store "$WORK/store2" mount "$NEWREF" "$MNT"
+show cat "$MNT/etc/motd"
+show "$LAYERFS" umount "$MNT"
+
 say "done. The store stays in $STORE; try:"
 cat <<EOF
   export LAYERFS_STORE=$STORE
@@ -111,5 +131,6 @@ cat <<EOF
   skopeo inspect oci:$STORE:$REF
   umoci ls --layout $STORE
   mkdir -p /tmp/rootfs && $LAYERFS mount $REF /tmp/rootfs && ls /tmp/rootfs && $LAYERFS umount /tmp/rootfs
+  mkdir -p /tmp/rw && $LAYERFS mount --upper /tmp/changes $REF /tmp/rw   # writable
 (The registry at $REGISTRY has stopped; images in the store stay usable.)
 EOF

@@ -20,8 +20,6 @@ const NOTIFY_ENV: &str = "LAYERFS_NOTIFY_FD";
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The FUSE device.
 const FUSE_DEVICE: &str = "/dev/fuse";
-/// glibc heap arenas for the daemon (see `start_daemon`).
-const MALLOC_ARENAS: &str = "2";
 /// FUSE worker threads at most; more gain nothing on a read-only tree.
 const MAX_THREADS: usize = 8;
 
@@ -344,11 +342,6 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     rustix::io::fcntl_setfd(&ready_w, rustix::io::FdFlags::empty())
         .context("cannot pass the readiness pipe")?;
     cmd.env(NOTIFY_ENV, fd.to_string());
-    // glibc gives each busy thread its own heap arena, which keeps freed decompression buffers
-    // resident; two arenas keep the daemon's memory near its configured cache size.
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        cmd.env("MALLOC_ARENA_MAX", MALLOC_ARENAS);
-    }
     let mut child = cmd.spawn().context("cannot start the mount daemon")?;
     drop(ready_w);
 
@@ -383,6 +376,7 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
 }
 
 fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -> Result<()> {
+    crate::sys::malloc::tune_for_daemon();
     let daemon = std::env::var(NOTIFY_ENV).ok();
     if daemon.is_some() {
         // Leave the caller's session so its hangup does not end the mount.

@@ -4,4 +4,5 @@
 //! in them carries a `// SAFETY:` comment saying why the call is sound. Callers elsewhere see
 //! ordinary Rust types, slices and `Result`s.
 
+pub mod malloc;
 pub mod zlib;
