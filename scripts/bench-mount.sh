@@ -290,7 +290,7 @@ for img in "${IMAGES[@]}"; do
         layerfs) # this image's layer indexes and caches
             R[$img,$tool,disk]=$(for b in $(layer_blobs "${LAYOUT[$img]}"); do
                 h=$(basename "$b")
-                du -sk "$STORE/layerfs/indexes/$h.idx" "$STORE/layerfs/cache/$h".* 2>/dev/null
+                du -sk "$STORE/layerfs/indexes/$h.idx" "$STORE/layerfs/cache/$h".* 2>/dev/null || true
             done | awk '{s += $1} END {printf "%.1f", s / 1024}') ;;
         overlayfs | fuse-overlayfs) R[$img,$tool,disk]=$(du -sm "$BM/lowers-$img" | cut -f1) ;;
         ratarmount) R[$img,$tool,disk]=$(du -smc "$WORK"/rat-index 2>/dev/null | tail -1 | cut -f1) ;;

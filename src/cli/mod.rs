@@ -7,6 +7,7 @@
 
 mod commit;
 mod docs;
+mod fsck;
 mod gc;
 mod helper;
 mod images;
@@ -80,6 +81,8 @@ pub enum Command {
     Commit(commit::Args),
     /// Upload an image from the store to a registry
     Push(push::Args),
+    /// Verify every blob, index and image in the store; --repair removes what is damaged
+    Fsck(fsck::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs::CompletionArgs),
     /// Write the man pages into a directory
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unpack(args) => unpack::run(&ctx, args),
         Command::Commit(args) => commit::run(&ctx, args),
         Command::Push(args) => push::run(&ctx, args),
+        Command::Fsck(args) => fsck::run(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::GenerateMan(args) => docs::write_man(args),
     }

@@ -143,6 +143,31 @@ impl FsError {
     }
 }
 
+/// A negative entry: "no such name", which the kernel may cache for `ttl` like a positive one
+/// (node id 0), sparing a round trip for every later lookup of a missing name (PATH searches,
+/// shared-library probes, the lookup before every create).
+fn reply_negative(reply: fuser::ReplyEntry, ttl: &Duration) {
+    let t = std::time::UNIX_EPOCH;
+    let attr = fuser::FileAttr {
+        ino: fuser::INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    };
+    reply.entry(ttl, &attr, fuser::Generation(0));
+}
+
 /// The node behind an inode number.
 fn node_id(ino: fuser::INodeNo) -> Result<NodeId, FsError> {
     u64::from(ino)

@@ -39,6 +39,7 @@ impl Filesystem for LayerFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match node_id(parent).and_then(|p| self.do_lookup(p, name.as_bytes())) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            Err(FsError::NotFound) => super::reply_negative(reply, &TTL),
             Err(e) => reply.error(e.errno()),
         }
     }

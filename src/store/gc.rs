@@ -76,6 +76,18 @@ impl Store {
             if keep {
                 continue;
             }
+            // The blob's own records go first: a gc killed half-way leaves a blob without its
+            // index (rebuilt when needed), never an index or record of a missing blob.
+            for record in [
+                self.private("indexes").join(format!("{name}.idx")),
+                self.private("diffids").join(name),
+            ] {
+                if let Ok(meta) = fs::metadata(&record)
+                    && fs::remove_file(&record).is_ok()
+                {
+                    report.private_bytes_freed += meta.len();
+                }
+            }
             let path = entry.path();
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).map_err(io_err("remove", &path))?;

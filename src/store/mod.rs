@@ -22,6 +22,7 @@
 //! the layout directly.
 
 mod blob;
+mod fsck;
 mod gc;
 mod image;
 mod mounts;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use blob::{BlobSlot, Partial};
+pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;
 pub use image::StoredImage;
 pub use mounts::MountRecord;

@@ -111,9 +111,10 @@ impl OverlayFs {
             drop(st);
             return Ok(self.add_handle(Handle::Lower(ino, id)));
         }
+        // Write-only opens read too: with the writeback cache the kernel reads around partial
+        // pages through the same handle.
         let mut oflags = match acc {
             o::RDONLY => OFlags::RDONLY,
-            1 => OFlags::WRONLY,
             _ => OFlags::RDWR,
         };
         if trunc {

@@ -53,6 +53,10 @@ impl Filesystem for OverlayFs {
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // The kernel gathers small writes in its page cache and sends them in large
+            // requests; files opened write-only are opened read-write on the upper so that it
+            // can read around a partial page.
+            InitFlags::FUSE_WRITEBACK_CACHE,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks FUSE capability {cap:?}");
@@ -66,6 +70,8 @@ impl Filesystem for OverlayFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&TTL, &attr, GENERATION),
+            // Every change goes through this daemon, so the kernel may remember absent names.
+            Err(crate::fs::FsError::NotFound) => crate::fs::reply_negative(reply, &TTL),
             Err(e) => reply.error(e.errno()),
         }
     }
