@@ -125,6 +125,7 @@ impl LayerFs {
     }
 
     pub(super) fn do_lookup(&self, parent: NodeId, name: &[u8]) -> Result<FileAttr, FsError> {
+        super::check_name_len(name)?;
         let dir = self.image.tree.node(parent).ok_or(FsError::NotFound)?;
         if !dir.is_dir() {
             return Err(FsError::NotDir);

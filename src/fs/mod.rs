@@ -168,6 +168,18 @@ fn reply_negative(reply: fuser::ReplyEntry, ttl: &Duration) {
     reply.entry(ttl, &attr, fuser::Generation(0));
 }
 
+/// Longest name a directory entry may have (Linux NAME_MAX); a longer one is ENAMETOOLONG,
+/// not merely absent.
+pub(crate) const NAME_MAX: usize = 255;
+
+fn check_name_len(name: &[u8]) -> Result<(), FsError> {
+    if name.len() > NAME_MAX {
+        Err(FsError::Os(rustix::io::Errno::NAMETOOLONG.raw_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
 /// The node behind an inode number.
 fn node_id(ino: fuser::INodeNo) -> Result<NodeId, FsError> {
     u64::from(ino)

@@ -656,6 +656,7 @@ impl OverlayFs {
 
     /// Look `name` up in `parent` and count the reference the kernel now holds.
     fn do_lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr, FsError> {
+        super::check_name_len(name)?;
         let mut st = self.lock();
         self.load(&mut st, parent)?;
         let ino = st.child(parent, name).ok_or(FsError::NotFound)?;

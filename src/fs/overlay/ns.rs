@@ -480,14 +480,9 @@ impl OverlayFs {
 
 /// Names the mount refuses to create: the temporary names it builds entries under.
 fn check_name(name: &[u8]) -> Result<(), FsError> {
-    if name.len() > NAME_MAX {
-        return Err(FsError::Os(Errno::NAMETOOLONG.raw_os_error()));
-    }
+    crate::fs::check_name_len(name)?;
     if name.starts_with(b".layerfs-tmp-") {
         return Err(FsError::Invalid);
     }
     Ok(())
 }
-
-/// Longest name a directory entry may have (Linux NAME_MAX).
-const NAME_MAX: usize = 255;
