@@ -165,7 +165,7 @@ impl OverlayFs {
         let (src_dir, src_name) = self.locate(st, ino)?;
         for (parent, name) in links {
             self.copy_up(st, parent, true)?;
-            let dir = self.upper.dir(&st.path(parent)?)?;
+            let dir = self.dir_fd(st, parent)?;
             match rfs::linkat(&src_dir, &src_name[..], &dir, &name[..], AtFlags::empty()) {
                 Ok(()) => {}
                 // A whiteout or an older copy under that name: replace it.
@@ -367,15 +367,15 @@ impl OverlayFs {
     /// The metadata an upper entry shows now (its override, or the host's view).
     pub(super) fn current_meta(&self, dir: &OwnedFd, name: &[u8]) -> Result<Meta, FsError> {
         let s = upper::stat(dir, name)?;
-        let fd = if name.is_empty() {
-            None
-        } else {
-            upper::open_path(dir, name).ok()
-        };
+        // Only a rootless daemon keeps overrides.
         let over = if self.upper.privileged {
             None
+        } else if name.is_empty() {
+            upper::read_override(dir)
         } else {
-            upper::read_override(fd.as_ref().unwrap_or(dir))
+            upper::open_path(dir, name)
+                .ok()
+                .and_then(|fd| upper::read_override(&fd))
         };
         let host = Type::from_mode(s.st_mode, s.st_rdev);
         Ok(match over {

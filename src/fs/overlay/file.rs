@@ -72,7 +72,7 @@ fn stamp(t: Option<TimeOrNow>) -> Timespec {
 
 impl OverlayFs {
     /// An `O_PATH` fd of `ino`'s upper entry, with its directory and name ("." for the root).
-    fn entry_fd(&self, st: &State, ino: u64) -> Result<(OwnedFd, Vec<u8>, OwnedFd), FsError> {
+    fn entry_fd(&self, st: &State, ino: u64) -> Result<(Arc<OwnedFd>, Vec<u8>, OwnedFd), FsError> {
         let (dir, name) = self.locate(st, ino)?;
         if ino == ROOT {
             let fd = self.upper.dir(b"")?;

@@ -140,7 +140,14 @@ pub struct OverlayFs {
     next_fh: AtomicU64,
     /// Every path of each lower node with several names, found on the first copy-up of one.
     lower_links: std::sync::OnceLock<HashMap<NodeId, Vec<Vec<u8>>>>,
+    /// Open upper directories by inode, so that an operation does not resolve its parent's
+    /// path again; an fd follows its directory through renames. Dropped when the directory
+    /// goes, and all at once when the cache is full.
+    dir_fds: Mutex<HashMap<u64, Arc<OwnedFd>>>,
 }
+
+/// Upper directories kept open at most (each costs one file descriptor).
+const DIR_FDS: usize = 512;
 
 impl OverlayFs {
     /// Serve `image` with `upper` (a directory, empty or from an earlier mount) on top.
@@ -171,6 +178,7 @@ impl OverlayFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             lower_links: std::sync::OnceLock::new(),
+            dir_fds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -551,14 +559,35 @@ impl OverlayFs {
         Some(cur)
     }
 
+    /// The upper directory of inode `dir`, opened (from the cache when it can be).
+    fn dir_fd(&self, st: &State, dir: u64) -> Result<Arc<OwnedFd>, FsError> {
+        let mut cache = self.dir_fds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = cache.get(&dir) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.upper.dir(&st.path(dir)?)?);
+        if cache.len() >= DIR_FDS {
+            cache.clear();
+        }
+        cache.insert(dir, fd.clone());
+        Ok(fd)
+    }
+
+    /// Forget the open upper directory of `dir` (removed or replaced).
+    fn drop_dir_fd(&self, dir: u64) {
+        self.dir_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dir);
+    }
+
     /// The upper directory that holds `ino`'s first link, opened, and the link's name.
-    fn locate(&self, st: &State, ino: u64) -> Result<(OwnedFd, Box<[u8]>), FsError> {
+    fn locate(&self, st: &State, ino: u64) -> Result<(Arc<OwnedFd>, Box<[u8]>), FsError> {
         let node = st.get(ino)?;
         if ino == ROOT {
-            return Ok((self.upper.dir(b"")?, Box::from(&b""[..])));
+            return Ok((self.dir_fd(st, ROOT)?, Box::from(&b""[..])));
         }
-        let parent = st.path(node.parent)?;
-        Ok((self.upper.dir(&parent)?, node.name.clone()))
+        Ok((self.dir_fd(st, node.parent)?, node.name.clone()))
     }
 
     /// What `stat` shows for `ino`; `file` is an open upper handle to use if there is one.
@@ -671,6 +700,7 @@ impl OverlayFs {
             node.lookups = node.lookups.saturating_sub(n);
             if node.lookups == 0 && node.unlinked {
                 st.forget_inode(ino);
+                self.drop_dir_fd(ino);
             }
         }
     }

@@ -44,9 +44,9 @@ impl OverlayFs {
     }
 
     /// The upper directory `dir` (copied up first), opened.
-    fn upper_dir(&self, st: &mut State, dir: u64) -> Result<OwnedFd, FsError> {
+    fn upper_dir(&self, st: &mut State, dir: u64) -> Result<std::sync::Arc<OwnedFd>, FsError> {
         self.copy_up(st, dir, true)?;
-        Ok(self.upper.dir(&st.path(dir)?)?)
+        self.dir_fd(st, dir)
     }
 
     fn set_opaque(&self, dir: &OwnedFd, name: &[u8]) -> Result<(), FsError> {
@@ -289,6 +289,9 @@ impl OverlayFs {
         } else {
             upper::make_whiteout(&dir, name)?;
         }
+        if is_dir {
+            self.drop_dir_fd(ino);
+        }
         st.unlink_entry(parent, name);
         Ok(())
     }
@@ -470,7 +473,8 @@ impl OverlayFs {
             self.set_opaque(&to, new_name)?;
             st.get_mut(src)?.opaque = true;
         }
-        if dst.is_some() {
+        if let Some(d) = dst {
+            self.drop_dir_fd(d);
             st.unlink_entry(new_parent, new_name);
         }
         self.move_entry(&mut st, parent, name, new_parent, new_name, src);
