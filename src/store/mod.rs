@@ -150,10 +150,20 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A first setup killed half-way leaves at most our own directory and the
+                // temporary file of the oci-layout write: both mean "new store".
                 let non_empty = fs::read_dir(root)
                     .map_err(io_err("read", root))?
                     .filter_map(|e| e.ok())
-                    .any(|e| e.file_name() != PRIVATE_DIR);
+                    .any(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        let setup_temp = name.starts_with(".oci-layout.") && name.ends_with(".tmp");
+                        if setup_temp {
+                            let _ = fs::remove_file(e.path());
+                        }
+                        name != PRIVATE_DIR && !setup_temp
+                    });
                 if non_empty && !root.join("blobs").is_dir() {
                     return Err(Error::NotALayout {
                         path: root.to_owned(),
@@ -367,6 +377,16 @@ mod tests {
             Store::open(other.path()),
             Err(Error::NotALayout { .. })
         ));
+    }
+
+    #[test]
+    fn a_setup_killed_half_way_is_finished_not_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join(PRIVATE_DIR)).unwrap();
+        fs::write(tmp.path().join(".oci-layout.123.0.tmp"), "{").unwrap();
+        let store = Store::open(tmp.path()).expect("an interrupted setup is completed");
+        assert!(store.refs().unwrap().is_empty());
+        assert!(!tmp.path().join(".oci-layout.123.0.tmp").exists());
     }
 
     #[test]
