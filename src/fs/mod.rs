@@ -168,6 +168,27 @@ fn reply_negative(reply: fuser::ReplyEntry, ttl: &Duration) {
     reply.entry(ttl, &attr, fuser::Generation(0));
 }
 
+/// Ask the kernel for the capabilities every layerfs mount wants, plus `extra`.
+fn request_capabilities(config: &mut fuser::KernelConfig, extra: &[fuser::InitFlags]) {
+    use fuser::InitFlags as F;
+    let common = [
+        F::FUSE_DO_READDIRPLUS,
+        F::FUSE_READDIRPLUS_AUTO,
+        F::FUSE_PARALLEL_DIROPS,
+        F::FUSE_CACHE_SYMLINKS,
+        F::FUSE_ASYNC_READ,
+    ];
+    for cap in common.iter().chain(extra) {
+        if config.add_capabilities(*cap).is_err() {
+            log::debug!("kernel lacks FUSE capability {cap:?}");
+        }
+    }
+    let _ = config.set_max_readahead(MAX_READAHEAD);
+}
+
+/// Kernel readahead for sequential reads: large, because every request costs a round trip.
+const MAX_READAHEAD: u32 = 1 << 20;
+
 /// Longest name a directory entry may have (Linux NAME_MAX); a longer one is ENAMETOOLONG,
 /// not merely absent.
 pub(crate) const NAME_MAX: usize = 255;

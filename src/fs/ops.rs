@@ -6,33 +6,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::xattr::XattrReply;
 use super::{FsError, LayerFs, TTL, node_id};
 
-/// Kernel readahead for sequential reads: large, because every request costs a round trip.
-const MAX_READAHEAD: u32 = 1 << 20;
 const GENERATION: Generation = Generation(0);
 
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ASYNC_READ,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::debug!("kernel lacks FUSE capability {cap:?}");
-            }
-        }
-        let _ = config.set_max_readahead(MAX_READAHEAD);
+        super::request_capabilities(config, &[]);
         Ok(())
     }
 

@@ -169,17 +169,7 @@ impl OverlayFs {
             match rfs::linkat(&src_dir, &src_name[..], &dir, &name[..], AtFlags::empty()) {
                 Ok(()) => {}
                 // A whiteout or an older copy under that name: replace it.
-                Err(Errno::EXIST) => {
-                    let tmp = upper::temp_name(&dir, ino);
-                    rfs::linkat(
-                        &src_dir,
-                        &src_name[..],
-                        &dir,
-                        tmp.as_slice(),
-                        AtFlags::empty(),
-                    )?;
-                    rfs::renameat(&dir, tmp.as_slice(), &dir, &name[..])?;
-                }
+                Err(Errno::EXIST) => upper::link_replacing(&src_dir, &src_name, &dir, &name, ino)?,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -315,8 +315,24 @@ impl State {
         else {
             return;
         };
+        if self.drop_link(ino, dir, name) {
+            self.forget_inode(ino);
+        }
+    }
+
+    /// `dir/name` no longer names `ino` (found while loading `dir`): drop the link, and the
+    /// inode with it if that was its only one.
+    fn detach(&mut self, ino: u64, dir: u64, name: &[u8]) {
+        if self.drop_link(ino, dir, name) {
+            self.inodes.remove(&ino);
+        }
+    }
+
+    /// Take the link `dir/name` from `ino`; a link that was its last marks it unlinked. True if
+    /// nothing references the inode any more.
+    fn drop_link(&mut self, ino: u64, dir: u64, name: &[u8]) -> bool {
         let Some(node) = self.inodes.get_mut(&ino) else {
-            return;
+            return false;
         };
         if node.parent == dir && *node.name == *name {
             if node.more_links.is_empty() {
@@ -330,33 +346,7 @@ impl State {
             node.more_links
                 .retain(|(p, n)| !(*p == dir && **n == *name));
         }
-        if node.unlinked && node.lookups == 0 {
-            self.forget_inode(ino);
-        }
-    }
-
-    /// `dir/name` no longer names `ino` (found while loading `dir`): drop the link, and the
-    /// inode with it if that was its only one.
-    fn detach(&mut self, ino: u64, dir: u64, name: &[u8]) {
-        let Some(node) = self.inodes.get_mut(&ino) else {
-            return;
-        };
-        if node.parent == dir && *node.name == *name {
-            if node.more_links.is_empty() {
-                if node.lookups == 0 {
-                    self.inodes.remove(&ino);
-                } else {
-                    node.unlinked = true;
-                }
-            } else {
-                let (p, n) = node.more_links.remove(0);
-                node.parent = p;
-                node.name = n;
-            }
-        } else {
-            node.more_links
-                .retain(|(p, n)| !(*p == dir && **n == *name));
-        }
+        node.unlinked && node.lookups == 0
     }
 
     /// Drop an inode nobody references, and the entries of a directory that goes with it.

@@ -187,18 +187,7 @@ impl OverlayFs {
         let (src_dir, src_name) = self.locate(&st, ino)?;
         let over_whiteout = upper::stat(&dir, name).is_ok_and(|s| upper::is_whiteout(&s));
         if over_whiteout {
-            let tmp = upper::temp_name(&dir, ino);
-            rfs::linkat(
-                &src_dir,
-                &src_name[..],
-                &dir,
-                tmp.as_slice(),
-                AtFlags::empty(),
-            )?;
-            if let Err(e) = rfs::renameat(&dir, tmp.as_slice(), &dir, name) {
-                let _ = rfs::unlinkat(&dir, tmp.as_slice(), AtFlags::empty());
-                return Err(e.into());
-            }
+            upper::link_replacing(&src_dir, &src_name, &dir, name, ino)?;
         } else {
             rfs::linkat(&src_dir, &src_name[..], &dir, name, AtFlags::empty())?;
         }

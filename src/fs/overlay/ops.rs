@@ -19,8 +19,6 @@ use super::{OverlayFs, TTL};
 use crate::fs::xattr::XattrReply;
 
 const GENERATION: Generation = Generation(0);
-/// Kernel readahead for sequential reads, as for read-only mounts.
-const MAX_READAHEAD: u32 = 1 << 20;
 
 fn caller(req: &Request) -> Caller {
     Caller {
@@ -45,24 +43,17 @@ fn node_type(mode: u32, rdev: u32) -> Option<Type> {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_BIG_WRITES,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            // The kernel gathers small writes in its page cache and sends them in large
-            // requests; files opened write-only are opened read-write on the upper so that it
-            // can read around a partial page.
-            InitFlags::FUSE_WRITEBACK_CACHE,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::debug!("kernel lacks FUSE capability {cap:?}");
-            }
-        }
-        let _ = config.set_max_readahead(MAX_READAHEAD);
+        crate::fs::request_capabilities(
+            config,
+            &[
+                InitFlags::FUSE_BIG_WRITES,
+                InitFlags::FUSE_ATOMIC_O_TRUNC,
+                // The kernel gathers small writes in its page cache and sends them in large
+                // requests; files opened write-only are opened read-write on the upper so that
+                // it can read around a partial page.
+                InitFlags::FUSE_WRITEBACK_CACHE,
+            ],
+        );
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }

@@ -299,6 +299,22 @@ pub fn temp_name(dir: &OwnedFd, hint: u64) -> Vec<u8> {
     }
 }
 
+/// Link `src_dir/src_name` as `dir/name`, atomically replacing whatever is there (a
+/// whiteout, an older copy): linked under a temporary name first, then renamed over it.
+pub fn link_replacing(
+    src_dir: &OwnedFd,
+    src_name: &[u8],
+    dir: &OwnedFd,
+    name: &[u8],
+    hint: u64,
+) -> Result<(), Errno> {
+    let tmp = temp_name(dir, hint);
+    rfs::linkat(src_dir, src_name, dir, tmp.as_slice(), AtFlags::empty())?;
+    rfs::renameat(dir, tmp.as_slice(), dir, name).inspect_err(|_| {
+        let _ = rfs::unlinkat(dir, tmp.as_slice(), AtFlags::empty());
+    })
+}
+
 /// Delete everything inside the upper directory `rel` (whiteouts left in a directory that the
 /// merged view shows empty), so that it can be removed or replaced.
 pub fn clear_dir(upper: &Upper, rel: &[u8]) -> Result<(), Errno> {
