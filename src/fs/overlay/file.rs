@@ -111,8 +111,7 @@ impl OverlayFs {
             drop(st);
             return Ok(self.add_handle(Handle::Lower(ino, id)));
         }
-        // Write-only opens read too: with the writeback cache the kernel reads around partial
-        // pages through the same handle.
+        // Write-only opens read too, so that one upper fd serves any request on the handle.
         let mut oflags = match acc {
             o::RDONLY => OFlags::RDONLY,
             _ => OFlags::RDWR,

@@ -48,10 +48,9 @@ impl Filesystem for OverlayFs {
             &[
                 InitFlags::FUSE_BIG_WRITES,
                 InitFlags::FUSE_ATOMIC_O_TRUNC,
-                // The kernel gathers small writes in its page cache and sends them in large
-                // requests; files opened write-only are opened read-write on the upper so that
-                // it can read around a partial page.
-                InitFlags::FUSE_WRITEBACK_CACHE,
+                // Not FUSE_WRITEBACK_CACHE: with it the kernel sends a file's times and its
+                // dirty pages as separate requests that worker threads may apply in either
+                // order, so a remount could show another mtime than the mount did.
             ],
         );
         let _ = config.set_max_write(1 << 20);
