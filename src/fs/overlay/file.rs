@@ -132,7 +132,7 @@ impl OverlayFs {
             r => r?,
         };
         drop(st);
-        Ok(self.add_handle(Handle::Upper(Arc::new(file))))
+        Ok(self.add_handle(Handle::Upper(ino, Arc::new(file))))
     }
 
     pub(super) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -151,7 +151,7 @@ impl OverlayFs {
                 self.handles
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Handle::Upper(f.clone()));
+                    .insert(fh, Handle::Upper(ino, f.clone()));
                 f
             }
         };

@@ -126,7 +126,8 @@ type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 enum Handle {
     /// A lower file (its inode and node), until it is copied up.
     Lower(u64, NodeId),
-    Upper(Arc<std::fs::File>),
+    /// An upper file and its inode.
+    Upper(u64, Arc<std::fs::File>),
     Dir(Listing),
 }
 
@@ -204,9 +205,21 @@ impl OverlayFs {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
         {
-            Some(Handle::Upper(f)) => Some(f.clone()),
+            Some(Handle::Upper(_, f)) => Some(f.clone()),
             _ => None,
         }
+    }
+
+    /// Any open upper file of `ino`: the only way left to an unlinked file.
+    fn open_file_of(&self, ino: u64) -> Option<Arc<std::fs::File>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find_map(|h| match h {
+                Handle::Upper(i, f) if *i == ino => Some(f.clone()),
+                _ => None,
+            })
     }
 
     fn handle_lower(&self, fh: u64) -> Option<(u64, NodeId)> {
@@ -590,7 +603,12 @@ impl OverlayFs {
         let node = st.get(ino)?;
         let is_dir = node.is_dir();
         let mut attr = if node.upper {
-            let s = match file {
+            let kept = match file {
+                None if node.unlinked => Some(self.open_file_of(ino).ok_or(FsError::NotFound)?),
+                _ => None,
+            };
+            let open = file.or(kept.as_deref());
+            let s = match open {
                 Some(f) => rustix::fs::fstat(f)?,
                 None => {
                     let (dir, name) = self.locate(st, ino)?;
@@ -599,6 +617,8 @@ impl OverlayFs {
             };
             let over = if self.upper.privileged {
                 None
+            } else if let Some(f) = open {
+                upper::read_override(f)
             } else {
                 let (dir, name) = self.locate(st, ino)?;
                 if name.is_empty() {

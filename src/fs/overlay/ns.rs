@@ -168,7 +168,7 @@ impl OverlayFs {
         let attr = self.attr(&mut st, ino, file.as_ref())?;
         st.get_mut(ino)?.lookups += 1;
         drop(st);
-        let fh = file.map(|f| self.add_handle(Handle::Upper(std::sync::Arc::new(f))));
+        let fh = file.map(|f| self.add_handle(Handle::Upper(ino, std::sync::Arc::new(f))));
         Ok((attr, fh))
     }
 

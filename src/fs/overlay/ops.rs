@@ -47,7 +47,9 @@ impl Filesystem for OverlayFs {
             config,
             &[
                 InitFlags::FUSE_BIG_WRITES,
-                InitFlags::FUSE_ATOMIC_O_TRUNC,
+                // Not FUSE_ATOMIC_O_TRUNC: with it the daemon would truncate at open, before
+                // the kernel refuses the truncation of a running executable (ETXTBSY); without
+                // it the kernel truncates through setattr once its checks have passed.
                 // Not FUSE_WRITEBACK_CACHE: with it the kernel sends a file's times and its
                 // dirty pages as separate requests that worker threads may apply in either
                 // order, so a remount could show another mtime than the mount did.

@@ -147,8 +147,8 @@ impl Override {
 
 /// `/proc/self/fd/N` for `fd`: how xattrs of an entry opened with `O_PATH` are reached
 /// without building a path through the upper directory.
-pub fn proc_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
+pub fn proc_path(fd: impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 impl Upper {
@@ -224,7 +224,7 @@ pub fn is_whiteout(st: &rfs::Stat) -> bool {
 }
 
 /// One xattr of the entry behind `fd` (an `O_PATH` fd), or `None` if it has none by that name.
-pub fn get_xattr(fd: &OwnedFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
+pub fn get_xattr(fd: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
     let mut buf = vec![0u8; MAX_XATTR];
     match rfs::getxattr(proc_path(fd), name, &mut buf[..]) {
         Ok(n) => {
@@ -261,7 +261,7 @@ pub fn list_xattrs(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
 }
 
 /// The override of the entry behind `fd`, if it has a valid one.
-pub fn read_override(fd: &OwnedFd) -> Option<Override> {
+pub fn read_override(fd: impl AsFd) -> Option<Override> {
     get_xattr(fd, OVERRIDE_STAT)
         .ok()
         .flatten()
