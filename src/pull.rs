@@ -15,6 +15,7 @@ use crate::digest::{Digest, Hasher};
 use crate::image::{self, Config, Descriptor, ManifestKind, Platform};
 use crate::layer;
 use crate::reference::Reference;
+use crate::registry::conf::RegistriesConf;
 use crate::registry::{self, BlobReader, Client, RateLimit};
 use crate::store::{self, BlobSlot, Store};
 
@@ -27,6 +28,8 @@ const MAX_INDEX_DEPTH: usize = 3;
 pub enum Error {
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    #[error(transparent)]
+    Conf(#[from] Box<registry::conf::Error>),
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -139,16 +142,73 @@ pub struct Pulled {
     pub size: u64,
 }
 
-/// Pull `reference` into `store`.
+/// Pull `reference` into `store`, from exactly where it says.
 pub fn pull(
     store: &Store,
     reference: &Reference,
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Pulled> {
+    pull_from(
+        store,
+        reference,
+        reference,
+        &options.registry,
+        options,
+        progress,
+    )
+}
+
+/// Pull what a user typed, resolved as containers-registries.conf(5) says: each name it may
+/// stand for in turn (an alias, or one per search registry), each from its mirrors and then
+/// its primary location. The first that works is stored under the name, wherever it came
+/// from. A failure moves on to the next place, except one of the store's own; when all fail,
+/// the last error is returned and the others were logged.
+pub fn pull_named(
+    store: &Store,
+    input: &str,
+    conf: &RegistriesConf,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Pulled> {
+    let mut attempts = Vec::new();
+    for name in conf.candidates(input).map_err(Box::new)? {
+        for source in conf.sources(&name).map_err(Box::new)? {
+            let mut registry = options.registry.clone();
+            registry.insecure |= source.insecure;
+            attempts.push((name.clone(), source.reference, registry));
+        }
+    }
+    let count = attempts.len();
+    let mut last = None;
+    for (i, (name, from, registry)) in attempts.into_iter().enumerate() {
+        if count > 1 {
+            log::info!("trying {from} for {name}");
+        }
+        match pull_from(store, &name, &from, &registry, options, progress) {
+            Ok(pulled) => return Ok(pulled),
+            Err(e @ Error::Store(_)) => return Err(e),
+            Err(e) if i + 1 < count => log::warn!("{from}: {e}; trying the next place"),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("a name has at least one source"))
+}
+
+/// Pull `name` from `from` (its mirror or relocated place, or itself) with `registry`'s
+/// connection options.
+fn pull_from(
+    store: &Store,
+    name: &Reference,
+    from: &Reference,
+    registry: &registry::Options,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Pulled> {
     let _lock = store.lock_shared()?;
-    let client = Client::new(reference, &options.registry)?;
-    let repo = reference.repository();
+    let client = Client::new(from, registry)?;
+    let repo = from.repository();
+    let reference = from;
     let wanted = options.platform.clone().unwrap_or_else(Platform::host);
 
     let (mut bytes, resp) = client.manifest(repo, &reference.manifest_reference(), u64::MAX)?;
@@ -237,7 +297,7 @@ pub fn pull(
             found: platform.to_string(),
         });
     }
-    progress.resolved(&reference.to_string(), &digest, &platform.to_string());
+    progress.resolved(&name.to_string(), &digest, &platform.to_string());
 
     let reused = fetch_layers(
         store,
@@ -275,7 +335,7 @@ pub fn pull(
         None => Descriptor::new(manifest.media_type(), digest.clone(), bytes.len() as u64),
     };
     descriptor.platform = Some(platform.clone());
-    let name = reference.to_string();
+    let name = name.to_string();
     store.set_ref(&name, &descriptor)?;
     Ok(Pulled {
         reference: name,

@@ -100,6 +100,29 @@ impl Reference {
     }
 }
 
+/// True when `input` names no registry (`debian:12`, `user/app`): the form that
+/// containers-registries.conf(5) calls a short name, resolved through aliases and search
+/// registries before Docker Hub's default applies.
+pub fn is_short_name(input: &str) -> bool {
+    let rest = input.split('@').next().unwrap_or(input);
+    match rest.split_once('/') {
+        Some((first, _)) => !looks_like_registry(first),
+        None => true,
+    }
+}
+
+/// A short name without its tag or digest (`debian` from `debian:12`), and the suffix that was
+/// cut (`:12`).
+pub fn split_short_name(input: &str) -> (&str, &str) {
+    let end = input
+        .find('@')
+        .into_iter()
+        .chain(input.rfind(':').filter(|&i| !input[i..].contains('/')))
+        .min()
+        .unwrap_or(input.len());
+    input.split_at(end)
+}
+
 /// `localhost`, `127.0.0.0/8` or `[::1]`, with or without a port.
 pub fn is_loopback_host(registry: &str) -> bool {
     let host = host_without_port(registry);

@@ -29,12 +29,20 @@ size or diff_id that does not match).";
 const ENVIRONMENT: &str = "LAYERFS_STORE: the store directory (see --store). RUST_LOG: log \
 filter, e.g. layerfs=debug. REGISTRY_AUTH_FILE, XDG_RUNTIME_DIR, DOCKER_CONFIG, HOME: where \
 registry credentials are read (REGISTRY_AUTH_FILE, then $XDG_RUNTIME_DIR/containers/auth.json, \
-~/.config/containers/auth.json, ~/.docker/config.json). SSL_CERT_FILE: extra CA certificates.";
+~/.config/containers/auth.json, ~/.docker/config.json). CONTAINERS_REGISTRIES_CONF: the \
+registries.conf to use instead of the usual ones (see --registries-conf). PATH: where the \
+docker-credential-NAME helpers named by credHelpers and credsStore are found. SSL_CERT_FILE: \
+extra CA certificates.";
 
 const FILES: &str = "STORE/oci-layout, STORE/index.json, STORE/blobs/sha256/: the OCI image \
 layout, readable by skopeo and umoci. STORE/layerfs/: layer indexes, partial downloads, logs of \
 background mounts. /etc/containers/certs.d/REGISTRY/ and /etc/docker/certs.d/REGISTRY/: CA \
-(*.crt) and client certificates (*.cert, *.key).";
+(*.crt) and client certificates (*.cert, *.key). ~/.config/containers/registries.conf, else \
+/etc/containers/registries.conf, then the registries.conf.d/*.conf drop-ins of both directories: \
+mirrors, location rewrites, insecure (plain HTTP) and blocked registries, short-name aliases, \
+unqualified-search-registries and short-name-mode, as containers-registries.conf(5) describes. \
+In an auth file, credHelpers (per registry) and credsStore (default) name a \
+docker-credential-NAME helper, run as `docker-credential-NAME get`.";
 
 /// Render the man page of `cmd` (named `name`) with the shared extra sections.
 fn render(cmd: clap::Command, name: &str) -> Result<Vec<u8>> {

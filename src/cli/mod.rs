@@ -110,6 +110,18 @@ pub struct RegistryArgs {
     /// NAME.key) [default: /etc/containers/certs.d/REGISTRY, /etc/docker/certs.d/REGISTRY]
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<std::path::PathBuf>,
+
+    /// containers-registries.conf(5) file for mirrors, location rewrites, insecure and blocked
+    /// registries, short-name aliases and search registries [default:
+    /// ~/.config/containers/registries.conf or /etc/containers/registries.conf, with their
+    /// registries.conf.d drop-ins]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CONTAINERS_REGISTRIES_CONF",
+        hide_env_values = true
+    )]
+    pub registries_conf: Option<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
@@ -128,6 +140,15 @@ impl RegistryArgs {
             tls_verify: self.tls_verify,
             cert_dir: self.cert_dir.clone(),
         })
+    }
+
+    /// The registries configuration in force.
+    pub fn conf(&self) -> anyhow::Result<crate::registry::conf::RegistriesConf> {
+        let conf = crate::registry::conf::RegistriesConf::load(self.registries_conf.as_deref())?;
+        for file in conf.files() {
+            log::debug!("registries configuration from {}", file.display());
+        }
+        Ok(conf)
     }
 }
 
@@ -258,14 +279,26 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             _ => None,
         }
     }
+    fn conf_code(e: &registry::conf::Error) -> Option<u8> {
+        match e {
+            registry::conf::Error::Blocked { .. } => Some(4),
+            registry::conf::Error::Ambiguous { .. } | registry::conf::Error::BadName { .. } => {
+                Some(2)
+            }
+            _ => None,
+        }
+    }
     for cause in err.chain() {
         let code = if let Some(e) = cause.downcast_ref::<registry::Error>() {
             registry_code(e)
+        } else if let Some(e) = cause.downcast_ref::<registry::conf::Error>() {
+            conf_code(e)
         } else if let Some(e) = cause.downcast_ref::<store::Error>() {
             store_code(e)
         } else if let Some(e) = cause.downcast_ref::<pull::Error>() {
             match e {
                 pull::Error::Registry(r) => registry_code(r),
+                pull::Error::Conf(c) => conf_code(c),
                 pull::Error::Store(s) => store_code(s),
                 pull::Error::DigestMismatch { .. }
                 | pull::Error::SizeMismatch { .. }

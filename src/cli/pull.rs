@@ -66,7 +66,9 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    let reference: Reference = args.reference.parse()?;
+    // Checked as a reference first, so that a typo reads as one whatever the configuration.
+    args.reference.parse::<Reference>()?;
+    let conf = args.registry.conf()?;
     let platform = args
         .platform
         .as_deref()
@@ -84,8 +86,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let store = ctx.store()?;
     let bars = !ctx.quiet && std::io::stderr().is_terminal();
     let reporter = Reporter::new(bars, ctx.quiet);
-    let pulled = pull::pull(&store, &reference, &options, &reporter)
-        .with_context(|| format!("pulling {reference} failed"))?;
+    let pulled = pull::pull_named(&store, &args.reference, &conf, &options, &reporter)
+        .with_context(|| format!("pulling {} failed", args.reference))?;
     reporter.finish();
     ctx.say(&format!(
         "pulled {} ({}, {} layer{}, {}, {} already in the store)",

@@ -80,10 +80,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let dest: Reference = dest_name
         .parse()
         .with_context(|| format!("invalid destination {dest_name:?}"))?;
+    // registries.conf's `insecure` applies to pushes; its mirrors and locations only to pulls.
+    let mut registry = args.registry.options()?;
+    registry.insecure |= args.registry.conf()?.insecure(&dest);
     let opts = push::Options {
         jobs: args.jobs,
         chunk_size: args.chunk_size.saturating_mul(1 << 20),
-        registry: args.registry.options()?,
+        registry,
     };
     let pushed = push::push(&store, &image, &dest, &opts, &Lines { quiet: ctx.quiet })
         .with_context(|| format!("pushing {} to {dest} failed", image.name))?;

@@ -98,6 +98,9 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
 pub struct Credentials {
     pub username: String,
     pub password: String,
+    /// An OAuth2 refresh token (Docker's "identity token"): exchanged at the token service
+    /// instead of sending the password.
+    pub identity_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -113,6 +116,7 @@ impl Credentials {
         (!u.is_empty()).then(|| Credentials {
             username: u.to_owned(),
             password: p.to_owned(),
+            identity_token: None,
         })
     }
 
@@ -178,6 +182,11 @@ fn lookup_in_file(path: &Path, registry: &str, repository: &str) -> Option<Crede
             return None;
         }
     };
+    if let Some(helper) = helper_for(&doc, registry)
+        && let Some(creds) = from_helper(helper, registry)
+    {
+        return Some(creds);
+    }
     let auths = doc.get("auths")?.as_object()?;
     let full = format!("{registry}/{repository}");
     let mut best: Option<(usize, &serde_json::Value)> = None;
@@ -193,19 +202,150 @@ fn lookup_in_file(path: &Path, registry: &str, repository: &str) -> Option<Crede
         }
     }
     let entry = best?.1;
+    let identity_token = entry
+        .get("identitytoken")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
     if let Some(auth) = entry.get("auth").and_then(|a| a.as_str())
         && !auth.is_empty()
     {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .ok()?;
-        return Credentials::parse(&String::from_utf8(decoded).ok()?);
+        let mut creds = Credentials::parse(&String::from_utf8(decoded).ok()?)?;
+        creds.identity_token = identity_token;
+        return Some(creds);
+    }
+    if let Some(token) = identity_token {
+        return Some(Credentials {
+            username: String::new(),
+            password: String::new(),
+            identity_token: Some(token),
+        });
     }
     let username = entry.get("username")?.as_str()?;
     let password = entry.get("password")?.as_str()?;
     Some(Credentials {
         username: username.to_owned(),
         password: password.to_owned(),
+        identity_token: None,
+    })
+}
+
+/// The credential helper a config file names for `registry`: its `credHelpers` entry, else
+/// its `credsStore`.
+fn helper_for<'a>(doc: &'a serde_json::Value, registry: &str) -> Option<&'a str> {
+    let specific = doc
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| normalise_key(k).as_deref() == Some(registry))
+        })
+        .and_then(|(_, v)| v.as_str());
+    specific
+        .or_else(|| doc.get("credsStore").and_then(|s| s.as_str()))
+        .filter(|h| !h.is_empty())
+}
+
+/// Longest a credential helper may take, and most it may print.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_HELPER_OUTPUT: u64 = 1 << 20;
+
+/// Run `docker-credential-HELPER get` for `registry`, as Docker does: the server address on
+/// stdin, `{"Username", "Secret"}` on stdout (`<token>` as the user name marks an identity
+/// token). "Not found" and every failure mean no credentials; failures are logged.
+fn from_helper(helper: &str, registry: &str) -> Option<Credentials> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    if !helper
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        log::warn!("ignoring the credential helper {helper:?}: not a plain program name");
+        return None;
+    }
+    let program = format!("docker-credential-{helper}");
+    let server = if registry == DOCKER_HUB {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let mut child = match Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("cannot run {program} for {registry}: {e}");
+            return None;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout).take(MAX_HELPER_OUTPUT).read_to_end(&mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                log::warn!("{program} did not answer within {HELPER_TIMEOUT:?}");
+                return None;
+            }
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = (&mut e).take(4096).read_to_string(&mut err);
+        }
+        let text = String::from_utf8_lossy(&out).into_owned() + &err;
+        if !text.to_lowercase().contains("not found") {
+            log::warn!("{program} get failed ({status}): {}", text.trim());
+        }
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let answer: Answer = match serde_json::from_slice(&out) {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("{program} printed no credentials ({e})");
+            return None;
+        }
+    };
+    if answer.username == "<token>" {
+        return Some(Credentials {
+            username: String::new(),
+            password: String::new(),
+            identity_token: Some(answer.secret),
+        });
+    }
+    Some(Credentials {
+        username: answer.username,
+        password: answer.secret,
+        identity_token: None,
     })
 }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod blob;
+pub mod conf;
 mod tls;
 mod upload;
 
@@ -434,17 +435,42 @@ impl Client {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = self.agent.get(url.as_str());
         let realm_host = url.host_str().unwrap_or("").to_owned();
         let plain_remote = url.scheme() == "http" && !reference::is_loopback_host(&realm_host);
-        if let Some(creds) = &self.creds {
-            if plain_remote {
+        let creds = match &self.creds {
+            Some(_) if plain_remote => {
                 log::warn!("not sending credentials to {realm}: it is plain HTTP");
-            } else {
-                req = req.set("Authorization", &creds.basic_header());
+                None
             }
-        }
-        let resp = match req.call() {
+            c => c.as_ref(),
+        };
+        let answer = match creds {
+            // An identity token is a refresh token: exchanged by an OAuth2 POST.
+            Some(Credentials {
+                identity_token: Some(refresh),
+                ..
+            }) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.as_str()),
+                    ("client_id", "layerfs"),
+                    ("scope", scope),
+                ];
+                if let Some(service) = challenge.params.get("service") {
+                    form.push(("service", service.as_str()));
+                }
+                let mut plain = url.clone();
+                plain.set_query(None);
+                self.agent.post(plain.as_str()).send_form(&form)
+            }
+            Some(c) => self
+                .agent
+                .get(url.as_str())
+                .set("Authorization", &c.basic_header())
+                .call(),
+            None => self.agent.get(url.as_str()).call(),
+        };
+        let resp = match answer {
             Ok(r) => r,
             Err(ureq::Error::Status(401 | 403, _)) => {
                 let detail = match &self.creds_source {

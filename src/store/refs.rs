@@ -135,6 +135,27 @@ impl Store {
             if let Some(r) = refs.iter().find(|r| r.name == normalised) {
                 return Ok(vec![r.clone()]);
             }
+            // A short name pulled through a search registry other than Docker Hub is stored
+            // under that registry: `tool` finds `quay.io/tool:latest` if it is the only one.
+            if crate::reference::is_short_name(query) {
+                let tail = match parsed.tag() {
+                    Some(tag) if !query.contains(':') => format!("/{query}:{tag}"),
+                    _ => format!("/{query}"),
+                };
+                let hits: Vec<&ImageRef> = refs
+                    .iter()
+                    .filter(|r| {
+                        r.name
+                            .strip_suffix(&tail)
+                            .is_some_and(|reg| !reg.is_empty() && !reg.contains('/'))
+                    })
+                    .collect();
+                match hits.as_slice() {
+                    [one] => return Ok(vec![(*one).clone()]),
+                    [] => {}
+                    _ => return Err(Error::Ambiguous(query.to_owned())),
+                }
+            }
         }
         let hex = query.strip_prefix("sha256:").unwrap_or(query);
         if hex.len() >= 6 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {

@@ -91,7 +91,10 @@ pub fn command_in(store: &Path, home: &Path, args: &[&str]) -> Command {
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
+    // The host's registries.conf (aliases, search registries) stays out of the tests; a test
+    // that wants one passes --registries-conf.
     cmd.env("HOME", home)
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
         .arg("--store")
         .arg(store)
         .args(args)
@@ -184,7 +187,7 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn show(out: &Output) -> String {
+pub fn show(out: &Output) -> String {
     format!(
         "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         out.status,

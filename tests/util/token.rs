@@ -248,6 +248,21 @@ fn serve(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
         if let (Some(u), Some(p)) = (get("username"), get("password")) {
             user = Some((u, p));
         }
+        // OAuth2 refresh tokens ("identity tokens"): `refresh-USER` stands for USER.
+        if get("grant_type").as_deref() == Some("refresh_token") {
+            let token = get("refresh_token").unwrap_or_default();
+            let who = token.strip_prefix("refresh-").unwrap_or("");
+            match shared.users.get(who) {
+                Some(p) => user = Some((who.to_owned(), p.clone())),
+                None => {
+                    return respond(
+                        &mut conn,
+                        "401 Unauthorized",
+                        r#"{"error":"invalid_grant"}"#,
+                    );
+                }
+            }
+        }
         params.extend(form);
     }
     if let Some(auth) = headers.get("authorization") {
