@@ -19,6 +19,7 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
@@ -33,6 +34,11 @@ step "cargo test --doc"
 cargo test --doc --locked 2>&1 | tee -a "$log"
 step "cargo test --all-targets"
 cargo test --all-targets --locked 2>&1 | tee -a "$log"
+
+# Every fuzz target builds, replays its checked-in inputs (seeds and past crashes) and fuzzes
+# briefly; scripts/fuzz.sh runs them longer, scripts/reliability.sh the whole campaign.
+step "fuzz targets (${CHECK_FUZZ_SECS:-10} s each)"
+FUZZ_SECS=${CHECK_FUZZ_SECS:-10} scripts/fuzz.sh
 
 awk '/^test result:/ {
     for (i = 1; i <= NF; i++) {

@@ -303,7 +303,8 @@ fn load_docker(store: &Store, members: &Members, tag: Option<&Reference>) -> Res
     if tag.is_some() && entries.len() != 1 {
         return Err(Error::TagForMany(entries.len()));
     }
-    let mut loaded = Vec::new();
+    // Refs are published only once every image of the archive has checked out.
+    let mut pending = Vec::new();
     for entry in entries {
         let config_bytes = members.bytes(&entry.config)?;
         let config_digest = Digest::of(&config_bytes);
@@ -342,16 +343,14 @@ fn load_docker(store: &Store, members: &Members, tag: Option<&Reference>) -> Res
         };
         let bytes = serde_json::to_vec(&manifest)
             .map_err(|e| Error::Malformed(format!("cannot encode the manifest: {e}")))?;
-        let media_type = manifest.media_type();
-        loaded.extend(publish(
-            store,
-            &bytes,
-            media_type,
-            platform_of(&config),
-            &names,
-        )?);
+        pending.push(Pending {
+            media_type: manifest.media_type().to_owned(),
+            bytes,
+            platform: platform_of(&config),
+            names,
+        });
     }
-    Ok(loaded)
+    publish(store, pending)
 }
 
 fn load_oci(store: &Store, members: &Members, tag: Option<&Reference>) -> Result<Vec<Loaded>> {
@@ -365,7 +364,8 @@ fn load_oci(store: &Store, members: &Members, tag: Option<&Reference>) -> Result
     if tag.is_some() && index.manifests.len() != 1 {
         return Err(Error::TagForMany(index.manifests.len()));
     }
-    let mut loaded = Vec::new();
+    // Refs are published only once every image of the archive has checked out.
+    let mut pending = Vec::new();
     for top in &index.manifests {
         let (manifest, desc) = resolve_oci_manifest(members, top)?;
         let manifest_bytes = verified_blob(members, &desc)?;
@@ -393,16 +393,14 @@ fn load_oci(store: &Store, members: &Members, tag: Option<&Reference>) -> Result
             Some(t) => t.to_string(),
             None => oci_name(top)?,
         };
-        let media_type = manifest.media_type();
-        loaded.extend(publish(
-            store,
-            &manifest_bytes,
-            media_type,
-            platform_of(&config),
-            &[name],
-        )?);
+        pending.push(Pending {
+            media_type: manifest.media_type().to_owned(),
+            bytes: manifest_bytes,
+            platform: platform_of(&config),
+            names: vec![name],
+        });
     }
-    Ok(loaded)
+    publish(store, pending)
 }
 
 /// The name an OCI archive gives an image: containerd's full name, else the ref name when it
@@ -556,27 +554,30 @@ fn platform_of(config: &Config) -> Platform {
 }
 
 /// Store the manifest `bytes` and point each name at them.
-fn publish(
-    store: &Store,
-    bytes: &[u8],
-    media_type: &str,
+/// An image of the archive that checked out, waiting for its refs.
+struct Pending {
+    bytes: Vec<u8>,
+    media_type: String,
     platform: Platform,
-    names: &[String],
-) -> Result<Vec<Loaded>> {
-    let digest = Digest::of(bytes);
-    store.put_blob(&digest, bytes)?;
-    let mut descriptor = Descriptor::new(media_type, digest.clone(), bytes.len() as u64);
-    descriptor.platform = Some(platform);
-    names
-        .iter()
-        .map(|name| {
-            store.set_ref(name, &descriptor)?;
-            Ok(Loaded {
-                reference: name.clone(),
+    names: Vec<String>,
+}
+
+fn publish(store: &Store, pending: Vec<Pending>) -> Result<Vec<Loaded>> {
+    let mut loaded = Vec::new();
+    for p in pending {
+        let digest = Digest::of(&p.bytes);
+        store.put_blob(&digest, &p.bytes)?;
+        let mut descriptor = Descriptor::new(&p.media_type, digest.clone(), p.bytes.len() as u64);
+        descriptor.platform = Some(p.platform);
+        for name in p.names {
+            store.set_ref(&name, &descriptor)?;
+            loaded.push(Loaded {
+                reference: name,
                 digest: digest.clone(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(loaded)
 }
 
 #[cfg(test)]

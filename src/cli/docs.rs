@@ -32,7 +32,8 @@ registry credentials are read (REGISTRY_AUTH_FILE, then $XDG_RUNTIME_DIR/contain
 ~/.config/containers/auth.json, ~/.docker/config.json). CONTAINERS_REGISTRIES_CONF: the \
 registries.conf to use instead of the usual ones (see --registries-conf). PATH: where the \
 docker-credential-NAME helpers named by credHelpers and credsStore are found. SSL_CERT_FILE: \
-extra CA certificates.";
+extra CA certificates. LAYERFS_LOW_SPEED_TIME: seconds (default 30) in which a registry must \
+send at least 1 KiB of a response body; a slower one is cut off (and a blob download resumed).";
 
 const FILES: &str = "STORE/oci-layout, STORE/index.json, STORE/blobs/sha256/: the OCI image \
 layout, readable by skopeo and umoci. STORE/layerfs/: layer indexes, partial downloads, logs of \

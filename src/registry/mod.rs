@@ -561,7 +561,72 @@ fn into_response(resp: ureq::Response) -> Response {
         content_length: header("Content-Length").and_then(|v| v.trim().parse().ok()),
         docker_digest: header("Docker-Content-Digest"),
         content_range: header("Content-Range"),
-        body: resp.into_reader(),
+        body: Box::new(Paced::new(resp.into_reader(), low_speed_time())),
+    }
+}
+
+/// Least a body must deliver in every window of `low_speed_time()`.
+const LOW_SPEED_BYTES: u64 = 1024;
+/// The window, unless `LAYERFS_LOW_SPEED_TIME` (seconds) says otherwise.
+const LOW_SPEED_TIME: Duration = Duration::from_secs(30);
+
+fn low_speed_time() -> Duration {
+    static TIME: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIME.get_or_init(|| {
+        std::env::var("LAYERFS_LOW_SPEED_TIME")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&s| s > 0)
+            .map_or(LOW_SPEED_TIME, Duration::from_secs)
+    })
+}
+
+/// A response body that must keep moving: fewer than `LOW_SPEED_BYTES` in a window is a
+/// `TimedOut` error. The socket's read timeout catches a server that sends nothing; this
+/// catches one that trickles a byte now and then to keep the connection alive (a slow loris).
+/// Like any I/O failure it counts as transient: a blob download resumes, a bounded number of
+/// times.
+struct Paced<R> {
+    inner: R,
+    window: Duration,
+    /// When the current window began: the first read, so that a body read late is not blamed
+    /// for the wait.
+    started: Option<Instant>,
+    bytes: u64,
+}
+
+impl<R> Paced<R> {
+    fn new(inner: R, window: Duration) -> Paced<R> {
+        Paced {
+            inner,
+            window,
+            started: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if started.elapsed() >= self.window {
+            if self.bytes < LOW_SPEED_BYTES && n > 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the server sent {} bytes in {} s, below {LOW_SPEED_BYTES} bytes per {} s",
+                        self.bytes,
+                        started.elapsed().as_secs(),
+                        self.window.as_secs()
+                    ),
+                ));
+            }
+            self.started = Some(Instant::now());
+            self.bytes = 0;
+        }
+        Ok(n)
     }
 }
 
