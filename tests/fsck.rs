@@ -129,6 +129,7 @@ fn pulls_killed_at_random_points_leave_a_clean_store() {
     let reference = registry.reference("test/killed:v1");
     let sandbox = Sandbox::new();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut gcs = 0;
     for run in 0..50 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -164,8 +165,79 @@ fn pulls_killed_at_random_points_leave_a_clean_store() {
             let _ = gc.wait();
             let out = sandbox.run(&["fsck"]);
             assert!(out.status.success(), "after a killed gc: {out:?}");
+            gcs += 1;
         }
     }
     sandbox.ok(&["pull", &reference]);
     sandbox.ok(&["fsck"]);
+    eprintln!(
+        "pull: 50 runs killed at random points; gc: {gcs} runs killed; fsck clean after each"
+    );
+}
+
+#[test]
+fn commits_killed_at_random_points_leave_a_clean_store() {
+    let registry = Registry::start();
+    registry.push_image("test/base", "v1", &image());
+    let base = registry.reference("test/base:v1");
+    let sandbox = Sandbox::new();
+    sandbox.ok(&["pull", &base]);
+    // An upper directory with enough data that a commit takes a while.
+    let upper = sandbox.path("upper");
+    fs::create_dir_all(upper.join("data")).unwrap();
+    for i in 0..8u64 {
+        fs::write(
+            upper.join(format!("data/f{i}")),
+            pseudo_random(100 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    fs::write(upper.join("a"), "changed\n").unwrap();
+    let upper_arg = upper.to_str().unwrap();
+    let commit = |name: &str| sandbox.command(&["commit", "--base", &base, upper_arg, name]);
+    // One full commit tells how long one takes.
+    let started = std::time::Instant::now();
+    let out = util::Running::spawn(commit("test/new:full")).wait();
+    util::assert_success(&out);
+    let full = started.elapsed();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut finished = 0;
+    for run in 0..30 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Mostly mid-commit; now and then after it finished.
+        let delay = full.mul_f64((seed % 1300) as f64 / 1000.0);
+        let name = format!("test/new:run{run}");
+        let mut child = commit(&name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = sandbox.run(&["fsck"]);
+        assert!(
+            out.status.success(),
+            "run {run}, killed after {delay:?} of {full:?}: fsck found {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Either the new image is there whole, or it is not there at all.
+        if sandbox.image_refs().keys().any(|r| r.ends_with(&name)) {
+            finished += 1;
+            let root = sandbox.path(&format!("root{run}"));
+            sandbox.ok(&["unpack", &name, root.to_str().unwrap()]);
+            assert_eq!(
+                fs::read(root.join("data/f7")).unwrap(),
+                pseudo_random(107, 1 << 20)
+            );
+        }
+    }
+    eprintln!("commit: 30 runs killed at random points, {finished} had finished");
+    // Leftovers of the killed runs go with gc; a new commit still works.
+    sandbox.ok(&["gc"]);
+    sandbox.ok(&["fsck"]);
+    util::assert_success(&util::Running::spawn(commit("test/new:after")).wait());
 }
