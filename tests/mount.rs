@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -860,49 +860,6 @@ fn big_and_sparse_files_match_umoci() {
     guard.unmount();
 }
 
-/// `target/test-cache`: outputs that are slow to build and never change.
-fn test_cache() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("test-cache");
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A Debian bookworm minbase rootfs as a tar, built by mmdebstrap from the Debian mirror on the
-/// first run and cached in `target/test-cache`.
-fn debian_rootfs_tar() -> PathBuf {
-    let tar = test_cache().join("debian-bookworm-minbase.tar");
-    if tar.exists() {
-        return tar;
-    }
-    let available = Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        available,
-        "mmdebstrap is not installed; the Debian rootfs test builds its image with it. Run \
-         .ci/run's install step (apt-get install mmdebstrap)."
-    );
-    let partial = tar.with_extension("tar.partial");
-    let out = Command::new("mmdebstrap")
-        .env("SOURCE_DATE_EPOCH", util::image::MTIME.to_string())
-        .args(["--quiet", "--variant=minbase", "--format=tar", "bookworm"])
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .output()
-        .expect("run mmdebstrap");
-    assert!(
-        out.status.success(),
-        "mmdebstrap failed (it needs the Debian mirror):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::rename(&partial, &tar).unwrap();
-    tar
-}
-
 /// The names directly under `dir` (like `usr/share/doc`) among a tar's entries.
 fn children_in_tar(tar: &[u8], dir: &str) -> BTreeSet<String> {
     let prefix = format!("/{dir}/");
@@ -938,7 +895,7 @@ fn chroot(root: &Path, script: &str) -> Output {
 
 #[test]
 fn debian_rootfs_matches_umoci_and_runs() {
-    let base = fs::read(debian_rootfs_tar()).unwrap();
+    let base = fs::read(util::image::debian_rootfs_tar()).unwrap();
     let docs = children_in_tar(&base, "usr/share/doc");
     assert!(docs.len() > 50, "usr/share/doc has only {docs:?}");
     let mut changes: Vec<TarEntry> = docs

@@ -51,8 +51,10 @@ pub struct Args {
     /// Mount options, comma separated: allow_other, allow_root, default_permissions,
     /// uidmapping=C:H:N[:C:H:N...], gidmapping=..., ro, rw (with --upper), nodev, dev, nosuid,
     /// suid, noexec, exec, noatime, atime; fuse-overlayfs' squash_to_root, squash_to_uid=N,
-    /// squash_to_gid=N, static_nlink, noacl, userxattr; redirect_dir=off (renaming a directory
-    /// with lower content answers EXDEV instead of copying it up)
+    /// squash_to_gid=N, static_nlink, noacl, userxattr, volatile or fsync=0 (fsync and fsyncdir
+    /// return at once, without syncing the upper directory); redirect_dir=off (renaming a
+    /// directory with lower content answers EXDEV instead of copying it up); overlayfs'
+    /// index=off, metacopy=off and xino=off, which describe what layerfs does anyway
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
 
@@ -124,6 +126,7 @@ struct MountOptions {
     squash_gid: Option<u32>,
     static_nlink: bool,
     no_dir_rename: bool,
+    volatile: bool,
     /// `rw` was asked for (needs --upper) or `ro`.
     rw: bool,
     ro: bool,
@@ -152,6 +155,11 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
                 | "noacl"
                 | "userxattr"
                 | "redirect_dir"
+                | "volatile"
+                | "fsync"
+                | "index"
+                | "metacopy"
+                | "xino"
         ) {
             out.text.push(opt.to_owned());
         }
@@ -181,6 +189,11 @@ fn parse_options(opts: &[String]) -> Result<MountOptions> {
             // Neither ACLs nor trusted xattrs need switching off or on here: ACLs are not
             // interpreted, and the xattr namespace follows the daemon's privileges.
             ("noacl" | "userxattr", None) => {}
+            ("volatile", None) | ("fsync", Some("0")) => out.volatile = true,
+            ("fsync", Some("1")) => out.volatile = false,
+            // Off is what layerfs does: no inode index, no metadata-only copy-up, inode numbers
+            // of its own.
+            ("index" | "metacopy" | "xino", Some("off")) => {}
             ("ro", None) => out.ro = true,
             ("rw", None) => out.rw = true,
             ("dev", None) => out.flags.push(M::Dev),
@@ -413,6 +426,7 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
         squash_gid: options.squash_gid,
         static_nlink: options.static_nlink,
         no_dir_rename: options.no_dir_rename,
+        volatile: options.volatile,
     };
     let mount = Mounting {
         name: &name,

@@ -66,6 +66,9 @@ pub struct Options {
     /// Answer EXDEV to renaming a directory that has lower content, as kernel overlayfs does
     /// with `redirect_dir=off` (programs such as `mv` then copy it), instead of copying it up.
     pub no_dir_rename: bool,
+    /// Skip every sync of the upper directory (overlayfs' `volatile`, fuse-overlayfs'
+    /// `fsync=0`): faster, and a crash may lose what was written since the last writeback.
+    pub volatile: bool,
 }
 
 impl Options {

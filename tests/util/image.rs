@@ -5,7 +5,10 @@
 //! Everything is deterministic (fixed mtimes, uids and contents), so a test can compute every
 //! digest it expects before the image ever reaches a registry.
 
+use std::fs;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -559,4 +562,47 @@ impl Index {
             .find(|i| i.platform == want)
             .unwrap_or_else(|| panic!("index has no image for {platform}"))
     }
+}
+
+/// `target/test-cache`: outputs that are slow to build and never change.
+pub fn test_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-cache");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A Debian bookworm minbase rootfs as a tar, built by mmdebstrap from the Debian mirror on the
+/// first run and cached in `target/test-cache`.
+pub fn debian_rootfs_tar() -> PathBuf {
+    let tar = test_cache().join("debian-bookworm-minbase.tar");
+    if tar.exists() {
+        return tar;
+    }
+    let available = Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        available,
+        "mmdebstrap is not installed; the Debian rootfs test builds its image with it. Run \
+         .ci/run's install step (apt-get install mmdebstrap)."
+    );
+    let partial = tar.with_extension("tar.partial");
+    let out = Command::new("mmdebstrap")
+        .env("SOURCE_DATE_EPOCH", MTIME.to_string())
+        .args(["--quiet", "--variant=minbase", "--format=tar", "bookworm"])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .expect("run mmdebstrap");
+    assert!(
+        out.status.success(),
+        "mmdebstrap failed (it needs the Debian mirror):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(&partial, &tar).unwrap();
+    tar
 }

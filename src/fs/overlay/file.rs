@@ -248,6 +248,9 @@ impl OverlayFs {
     }
 
     pub(super) fn do_fsync(&self, fh: u64, datasync: bool) -> Result<(), FsError> {
+        if self.options.volatile {
+            return Ok(());
+        }
         match self.handle_file(fh) {
             Some(f) if datasync => Ok(rfs::fdatasync(f.as_ref())?),
             Some(f) => Ok(rfs::fsync(f.as_ref())?),
@@ -256,6 +259,9 @@ impl OverlayFs {
     }
 
     pub(super) fn do_fsyncdir(&self, ino: u64) -> Result<(), FsError> {
+        if self.options.volatile {
+            return Ok(());
+        }
         let st = self.lock();
         if !st.get(ino)?.upper {
             return Ok(());
