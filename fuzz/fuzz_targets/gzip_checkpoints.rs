@@ -72,15 +72,25 @@ fuzz_target!(|data: &[u8]| {
             }
             2 if !checkpoints.is_empty() => checkpoints[c].bits = (w >> 16) as u8,
             3 if !checkpoints.is_empty() => {
-                let len = checkpoints[c].window.len();
-                checkpoints[c]
+                let mut win = checkpoints[c]
                     .window
-                    .truncate((w >> 16) as usize % (len + 1));
+                    .bytes()
+                    .unwrap_or_default()
+                    .into_owned();
+                let len = win.len();
+                win.truncate((w >> 16) as usize % (len + 1));
+                checkpoints[c].window = win.into();
             }
             4 if !checkpoints.is_empty() => {
-                if let Some(b) = checkpoints[c].window.get_mut((w >> 16) as usize % 32768) {
+                let mut win = checkpoints[c]
+                    .window
+                    .bytes()
+                    .unwrap_or_default()
+                    .into_owned();
+                if let Some(b) = win.get_mut((w >> 16) as usize % 32768) {
                     *b ^= (w >> 48) as u8 | 1;
                 }
+                checkpoints[c].window = win.into();
             }
             5 => {
                 let at = (w >> 16) as usize % blob.len();

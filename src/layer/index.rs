@@ -34,6 +34,7 @@
 //! bytes, so a damaged or hostile file costs memory only in proportion to its size.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use super::Compression;
 use crate::digest::Digest;
@@ -185,7 +186,15 @@ impl LayerIndex {
                     w.varint(c.input.wrapping_sub(input));
                     (out, input) = (c.out, c.input);
                     w.u8(c.bits);
-                    w.packed(&c.window);
+                    match c.window.stored() {
+                        // Kept deflated since the index was read: written back as it was.
+                        (true, bytes) => {
+                            w.len(c.window.len());
+                            w.u8(1);
+                            w.bytes(bytes);
+                        }
+                        (false, raw) => w.packed(raw),
+                    }
                 }
             }
             Access::Zstd(frames) => {
@@ -210,6 +219,17 @@ impl LayerIndex {
     ///
     /// [`encode`]: LayerIndex::encode
     pub fn decode(bytes: &[u8]) -> Result<LayerIndex, IndexError> {
+        LayerIndex::decode_in(bytes, None)
+    }
+
+    /// `decode`, from the index file's bytes as read: when gzip windows are most of them, the
+    /// windows stay in those bytes instead of being copied out.
+    pub fn decode_owned(bytes: Vec<u8>) -> Result<LayerIndex, IndexError> {
+        let shared = Arc::new(bytes);
+        LayerIndex::decode_in(&shared.clone(), Some(shared))
+    }
+
+    fn decode_in(bytes: &[u8], shared: Option<Arc<Vec<u8>>>) -> Result<LayerIndex, IndexError> {
         let (magic, rest) = bytes
             .split_at_checked(MAGIC.len())
             .ok_or(IndexError::Truncated)?;
@@ -255,13 +275,34 @@ impl LayerIndex {
                     out = out.wrapping_add(r.varint()?);
                     input = input.wrapping_add(r.varint()?);
                     let bits = r.u8()?;
-                    let window = r.packed(MAX_WINDOW)?;
+                    let (len, deflated, stored) = r.window()?;
+                    let window = match &shared {
+                        Some(buf) => {
+                            let start = stored.as_ptr() as usize - bytes.as_ptr() as usize;
+                            super::gzip::Window::shared(
+                                len,
+                                deflated,
+                                buf.clone(),
+                                start..start + stored.len(),
+                            )
+                        }
+                        None if deflated => super::gzip::Window::deflated(len, stored.to_vec()),
+                        None => super::gzip::Window::raw(stored.to_vec()),
+                    };
                     checkpoints.push(super::gzip::Checkpoint {
                         out,
                         input,
                         bits,
                         window,
                     });
+                }
+                // Sharing pays when the windows are most of the file; otherwise they are copied
+                // out and the file's bytes freed.
+                let kept: usize = checkpoints.iter().map(|c| c.window.stored().1.len()).sum();
+                if shared.is_some() && kept < bytes.len() / 2 {
+                    for c in &mut checkpoints {
+                        c.window = c.window.owned();
+                    }
                 }
                 Access::Gzip(checkpoints)
             }
@@ -552,6 +593,28 @@ impl<'a> Decoder<'a> {
     }
 
     /// Packed bytes (see the module documentation), at most `max` of them.
+    /// A packed gzip window, left deflated (see `gzip::Window`); its claimed length is
+    /// checked against what deflate can produce from its bytes.
+    fn window(&mut self) -> Result<(usize, bool, &'a [u8]), IndexError> {
+        let raw_len = self.varint()?;
+        let method = self.u8()?;
+        let stored = self.bytes()?;
+        let too_large = IndexError::Malformed("a packed field is too large");
+        let raw = usize::try_from(raw_len)
+            .ok()
+            .filter(|&n| n <= MAX_WINDOW)
+            .ok_or(too_large.clone())?;
+        match method {
+            0 if stored.len() == raw => Ok((raw, false, stored)),
+            0 => Err(IndexError::Malformed("a stored field has the wrong length")),
+            1 if raw_len > (stored.len() as u64).saturating_mul(MAX_DEFLATE_RATIO) => {
+                Err(too_large)
+            }
+            1 => Ok((raw, true, stored)),
+            _ => Err(IndexError::Malformed("unknown packing method")),
+        }
+    }
+
     fn packed(&mut self, max: usize) -> Result<Vec<u8>, IndexError> {
         let raw_len = self.varint()?;
         let method = self.u8()?;
@@ -720,25 +783,25 @@ mod tests {
                 out: 0,
                 input: 10,
                 bits: 0,
-                window: vec![],
+                window: vec![].into(),
             },
             Checkpoint {
                 out: 1 << 20,
                 input: 300_000,
                 bits: 3,
-                window: rng.words(window),
+                window: rng.words(window).into(),
             },
             Checkpoint {
                 out: 2 << 20,
                 input: 600_000,
                 bits: 7,
-                window: rng.bytes(window),
+                window: rng.bytes(window).into(),
             },
             Checkpoint {
                 out: u64::MAX,
                 input: 5,
                 bits: 255,
-                window: vec![0; window],
+                window: vec![0; window].into(),
             },
         ]
     }
@@ -779,6 +842,7 @@ mod tests {
         ];
         for index in cases {
             let bytes = index.encode();
+            assert_eq!(LayerIndex::decode_owned(bytes.clone()).as_ref(), Ok(&index));
             assert_eq!(LayerIndex::decode(&bytes), Ok(index));
         }
     }
@@ -990,18 +1054,27 @@ mod tests {
             with_window(&[0x81, 0x80, 0x02, 0, 0]),
             Err(IndexError::Malformed("a packed field is too large"))
         );
-        // Deflated bytes that inflate to less than claimed.
+        // Deflated bytes that inflate to less than claimed: windows stay deflated until a
+        // read resumes at their checkpoint, and that read is refused.
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&[5; 100]).unwrap();
         let d = e.finish().unwrap();
         let mut w = vec![101, 1, d.len() as u8];
         w.extend(&d);
+        let window_of = |index: LayerIndex| match index.access {
+            Access::Gzip(c) => c[0].window.clone(),
+            _ => unreachable!(),
+        };
+        let short = window_of(with_window(&w).unwrap());
         assert_eq!(
-            with_window(&w),
-            Err(IndexError::Malformed("a packed field does not inflate"))
+            short.bytes().unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
         );
         w[0] = 100;
-        assert!(with_window(&w).is_ok());
+        assert_eq!(
+            &*window_of(with_window(&w).unwrap()).bytes().unwrap(),
+            &[5; 100]
+        );
     }
 
     /// A layer like real ones (many files of text-like content, gzip-compressed):
@@ -1035,7 +1108,7 @@ mod tests {
                 out: out as u64,
                 input: out as u64 / 3,
                 bits: 0,
-                window: tar[out.saturating_sub(MAX_WINDOW)..out].to_vec(),
+                window: tar[out.saturating_sub(MAX_WINDOW)..out].to_vec().into(),
             })
             .collect();
         let index = LayerIndex {

@@ -318,7 +318,7 @@ impl Store {
             .private("indexes")
             .join(format!("{}.idx", digest.hex()));
         let bytes = fs::read(&path).ok()?;
-        match crate::layer::index::LayerIndex::decode(&bytes) {
+        match crate::layer::index::LayerIndex::decode_owned(bytes) {
             Ok(index) if &index.blob == digest => Some(index),
             Ok(_) => {
                 log::warn!("{} belongs to another blob; rebuilding it", path.display());
