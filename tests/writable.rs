@@ -715,3 +715,71 @@ fn killed_daemon_loses_no_fsynced_file() {
     assert_eq!(buf, b"one\n");
     guard.unmount();
 }
+
+/// Writes, truncations and chowns clear set-user-ID (and set-group-ID where group execute is
+/// set) as the VFS does, and `stat` shows it at once; a root writer keeps them. The mount's
+/// root takes chmod and chown like any directory.
+#[test]
+fn writes_clear_set_user_id_as_the_kernel_does() {
+    assert!(is_root(), "switches to nobody; CI runs the tests as root");
+    let registry = Registry::start();
+    let sandbox = Sandbox::new();
+    let reference = publish(&registry, &sandbox, "suid", &lower_image());
+    for dir in [sandbox.path(""), sandbox.path("mnt")] {
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let guard = MountGuard::mount(
+        &sandbox,
+        &reference,
+        &sandbox.path("mnt"),
+        &[
+            "--upper",
+            sandbox.path("upper").to_str().unwrap(),
+            "-o",
+            "allow_other,default_permissions",
+        ],
+    );
+    let mnt = guard.path.clone();
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    rfs::chown(
+        &mnt,
+        Some(rfs::Uid::from_raw(0)),
+        Some(rfs::Gid::from_raw(0)),
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&mnt).unwrap().mode() & 0o7777, 0o777);
+    let file = mnt.join("tool");
+    fs::write(&file, "#!/bin/sh\n").unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let as_nobody = |script: &str| {
+        let out = Command::new("su")
+            .args(["nobody", "-s", "/bin/sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    let path = file.to_str().unwrap().to_owned();
+    for (set, action, want) in [
+        (0o6777, "write", 0o777),
+        (0o6767, "write", 0o2767),
+        (0o6777, "truncate", 0o777),
+        (0o6777, "root write", 0o6777),
+        (0o6777, "chown", 0o777),
+    ] {
+        fs::set_permissions(&file, fs::Permissions::from_mode(set)).unwrap();
+        match action {
+            "write" => as_nobody(&format!("echo x >> '{path}'")),
+            "truncate" => as_nobody(&format!("truncate -s 1 '{path}'")),
+            "root write" => fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap()
+                .write_all(b"y\n")
+                .unwrap(),
+            _ => rfs::chown(&file, Some(rfs::Uid::from_raw(65534)), None).unwrap(),
+        }
+        assert_eq!(mode(&file), want, "{set:o} after {action}");
+    }
+    guard.unmount();
+}

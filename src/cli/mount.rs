@@ -534,6 +534,7 @@ fn run_session<F: fuser::Filesystem + Send + Sync + 'static>(fs: F, m: Mounting<
         let mut unmounter = session.unmount_callable();
         (session, Box::new(move || unmounter.unmount()))
     };
+    crate::fs::set_notifier(session.notifier());
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,

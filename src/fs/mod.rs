@@ -196,6 +196,25 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// not merely absent.
 pub(crate) const NAME_MAX: usize = 255;
 
+/// The session's channel for telling the kernel to drop cached attributes; set once the
+/// session exists (a process serves one mount).
+static NOTIFIER: std::sync::OnceLock<fuser::Notifier> = std::sync::OnceLock::new();
+
+/// Called by the mount code once the session exists.
+pub fn set_notifier(notifier: fuser::Notifier) {
+    let _ = NOTIFIER.set(notifier);
+}
+
+/// Make the kernel fetch `ino`'s attributes again (only them: no page is dropped, so this is
+/// safe from inside a request on the same inode).
+pub(crate) fn invalidate_attributes(ino: u64) {
+    if let Some(n) = NOTIFIER.get()
+        && let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0)
+    {
+        log::debug!("cannot invalidate the attributes of inode {ino}: {e}");
+    }
+}
+
 fn check_name_len(name: &[u8]) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
         Err(FsError::Os(rustix::io::Errno::NAMETOOLONG.raw_os_error()))

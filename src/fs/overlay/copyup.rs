@@ -306,7 +306,9 @@ impl OverlayFs {
             Some(rustix::fs::Gid::from_raw(meta.gid)),
         );
         let chown = if name.is_empty() {
-            rfs::fchown(fd, owner.0, owner.1)
+            // fchown does not take O_PATH fds (the upper root's is one); chown through /proc
+            // does.
+            rfs::chown(upper::proc_path(fd), owner.0, owner.1)
         } else {
             rfs::chownat(dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)
         };

@@ -169,10 +169,54 @@ impl OverlayFs {
         Ok(buf)
     }
 
-    pub(super) fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let file = self.handle_file(fh).ok_or(FsError::BadFd)?;
+    /// Write `data` at `offset`. `kill_suid`: the kernel asks for set-user-ID and
+    /// set-group-ID to go, as a write by a caller without CAP_FSETID does
+    /// (FUSE_WRITE_KILL_SUIDGID; see `init`).
+    pub(super) fn do_write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid: bool,
+    ) -> Result<u32, FsError> {
+        let (ino, file) = self.handle_upper(fh).ok_or(FsError::BadFd)?;
+        if kill_suid {
+            let over = (!self.upper.privileged)
+                .then(|| upper::read_override(file.as_ref()))
+                .flatten();
+            let mode = match over {
+                Some(o) => o.mode,
+                None => rfs::fstat(file.as_ref())?.st_mode,
+            };
+            if mode & 0o4000 != 0 || mode & 0o2010 == 0o2010 {
+                let mut st = self.lock();
+                self.kill_suid_sgid(&mut st, ino)?;
+                drop(st);
+                // The kernel still caches the old mode, and a write's reply carries none.
+                crate::fs::invalidate_attributes(ino);
+            }
+        }
         file.write_all_at(data, offset)?;
         u32::try_from(data.len()).map_err(|_| FsError::Invalid)
+    }
+
+    /// Clear set-user-ID, and set-group-ID where group execute is set, as the VFS does when a
+    /// file is written, truncated or chowned.
+    fn kill_suid_sgid(&self, st: &mut State, ino: u64) -> Result<(), FsError> {
+        if ino == ROOT || st.get(ino)?.is_dir() {
+            return Ok(());
+        }
+        let (dir, name, fd) = self.entry_fd(st, ino)?;
+        let mut meta = self.current_meta(&dir, &name)?;
+        let before = meta.mode;
+        meta.mode &= !0o4000;
+        if meta.mode & 0o2010 == 0o2010 {
+            meta.mode &= !0o2000;
+        }
+        if meta.mode != before {
+            self.set_meta(&dir, &name, &fd, meta)?;
+        }
+        Ok(())
     }
 
     pub(super) fn do_setattr(
@@ -182,7 +226,6 @@ impl OverlayFs {
         fh: Option<u64>,
         set: SetAttr,
     ) -> Result<FileAttr, FsError> {
-        let _ = caller;
         let mut st = self.lock();
         self.copy_up(&mut st, ino, set.size != Some(0))?;
         let file = fh.and_then(|fh| self.handle_file(fh));
@@ -213,6 +256,13 @@ impl OverlayFs {
                 meta.gid = self.container_gid(g);
             }
             self.set_meta(&dir, name_for_meta, &fd, meta)?;
+        }
+        // The kernel leaves these to the filesystem (FUSE_HANDLE_KILLPRIV_V2) without saying
+        // so in a way fuser passes on: a chown always clears set-user-ID and set-group-ID, a
+        // truncation by a caller other than root does, and an explicit mode wins.
+        let chown = set.uid.is_some() || set.gid.is_some();
+        if set.mode.is_none() && (chown || (set.size.is_some() && caller.uid != 0)) {
+            self.kill_suid_sgid(&mut st, ino)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {

@@ -210,6 +210,18 @@ impl OverlayFs {
         }
     }
 
+    fn handle_upper(&self, fh: u64) -> Option<(u64, Arc<std::fs::File>)> {
+        match self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
+            Some(Handle::Upper(ino, f)) => Some((*ino, f.clone())),
+            _ => None,
+        }
+    }
+
     /// Any open upper file of `ino`: the only way left to an unlinked file.
     fn open_file_of(&self, ino: u64) -> Option<Arc<std::fs::File>> {
         self.handles

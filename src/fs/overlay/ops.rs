@@ -47,6 +47,9 @@ impl Filesystem for OverlayFs {
             config,
             &[
                 InitFlags::FUSE_BIG_WRITES,
+                // The kernel then stops asking for security.capability before every write
+                // (SB_NOSEC) and leaves clearing set-user-ID and set-group-ID to the daemon.
+                InitFlags::FUSE_HANDLE_KILLPRIV_V2,
                 // Not FUSE_ATOMIC_O_TRUNC: with it the daemon would truncate at open, before
                 // the kernel refuses the truncation of a running executable (ETXTBSY); without
                 // it the kernel truncates through setattr once its checks have passed.
@@ -264,12 +267,13 @@ impl Filesystem for OverlayFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.do_write(fh.0, offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.do_write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.errno()),
         }
