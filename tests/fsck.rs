@@ -151,22 +151,20 @@ fn pulls_killed_at_random_points_leave_a_clean_store() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        if run % 10 == 9 {
-            // Every tenth run also lets a pull finish, then removes the image again.
-            sandbox.ok(&["pull", &reference]);
-            sandbox.ok(&["rm", &reference]);
-            let mut gc = sandbox
-                .command(&["gc"])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(Duration::from_micros(seed % 5_000));
-            let _ = gc.kill();
-            let _ = gc.wait();
-            let out = sandbox.run(&["fsck"]);
-            assert!(out.status.success(), "after a killed gc: {out:?}");
-            gcs += 1;
-        }
+        // Then a pull that finishes, the image removed again, and a gc killed.
+        sandbox.ok(&["pull", &reference]);
+        sandbox.ok(&["rm", &reference]);
+        let mut gc = sandbox
+            .command(&["gc"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(seed % 5_000));
+        let _ = gc.kill();
+        let _ = gc.wait();
+        let out = sandbox.run(&["fsck"]);
+        assert!(out.status.success(), "after a killed gc: {out:?}");
+        gcs += 1;
     }
     sandbox.ok(&["pull", &reference]);
     sandbox.ok(&["fsck"]);
@@ -202,7 +200,7 @@ fn commits_killed_at_random_points_leave_a_clean_store() {
     let full = started.elapsed();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut finished = 0;
-    for run in 0..30 {
+    for run in 0..50 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -235,7 +233,7 @@ fn commits_killed_at_random_points_leave_a_clean_store() {
             );
         }
     }
-    eprintln!("commit: 30 runs killed at random points, {finished} had finished");
+    eprintln!("commit: 50 runs killed at random points, {finished} had finished");
     // Leftovers of the killed runs go with gc; a new commit still works.
     sandbox.ok(&["gc"]);
     sandbox.ok(&["fsck"]);
