@@ -41,8 +41,8 @@ read -r p f < <(tests "$work/hostile" --test hostile --test redirect)
 row hostile "registries: oversized, endless, trickling, bad JSON, loops, tokens" "$((p + f)) cases" "$f"
 
 say "hostile layers"
-read -r p f < <(tests "$work/layers" --test unpack)
-cases=$(grep -cE ': (refused by|unpacked:)' "$work/layers")
+read -r p f < <(tests "$work/layers" --test unpack --test bombs)
+cases=$(grep -cE ': (refused by|unpacked:)|^[a-z-]+: (pulled|refused), peak RSS' "$work/layers")
 row hostile "layers: traversal, links out, devices, bombs, truncation ($p tests)" "$cases cases" "$f"
 
 say "faults: SIGKILLs and a damaged store"
