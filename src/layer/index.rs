@@ -592,17 +592,17 @@ impl<'a> Decoder<'a> {
             .ok_or(IndexError::Malformed("invalid digest"))
     }
 
-    /// Packed bytes (see the module documentation), at most `max` of them.
-    /// A packed gzip window, left deflated (see `gzip::Window`); its claimed length is
-    /// checked against what deflate can produce from its bytes.
-    fn window(&mut self) -> Result<(usize, bool, &'a [u8]), IndexError> {
+    /// A packed field as stored: its raw length (at most `max`), whether it is deflated, and
+    /// its bytes. A deflated field claiming more than deflate can produce from its bytes is
+    /// refused here, before anything is allocated for it.
+    fn packed_parts(&mut self, max: usize) -> Result<(usize, bool, &'a [u8]), IndexError> {
         let raw_len = self.varint()?;
         let method = self.u8()?;
         let stored = self.bytes()?;
         let too_large = IndexError::Malformed("a packed field is too large");
         let raw = usize::try_from(raw_len)
             .ok()
-            .filter(|&n| n <= MAX_WINDOW)
+            .filter(|&n| n <= max)
             .ok_or(too_large.clone())?;
         match method {
             0 if stored.len() == raw => Ok((raw, false, stored)),
@@ -615,33 +615,25 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// A packed gzip window, left deflated until used (see `gzip::Window`).
+    fn window(&mut self) -> Result<(usize, bool, &'a [u8]), IndexError> {
+        self.packed_parts(MAX_WINDOW)
+    }
+
+    /// Packed bytes (see the module documentation), at most `max` of them.
     fn packed(&mut self, max: usize) -> Result<Vec<u8>, IndexError> {
-        let raw_len = self.varint()?;
-        let method = self.u8()?;
-        let stored = self.bytes()?;
-        let too_large = IndexError::Malformed("a packed field is too large");
-        let raw = usize::try_from(raw_len)
-            .ok()
-            .filter(|&n| n <= max)
-            .ok_or(too_large.clone())?;
-        match method {
-            0 if stored.len() == raw => Ok(stored.to_vec()),
-            0 => Err(IndexError::Malformed("a stored field has the wrong length")),
-            1 => {
-                if raw_len > (stored.len() as u64).saturating_mul(MAX_DEFLATE_RATIO) {
-                    return Err(too_large);
-                }
-                let mut out = Vec::with_capacity(raw);
-                flate2::read::DeflateDecoder::new(stored)
-                    .take(raw_len + 1)
-                    .read_to_end(&mut out)
-                    .ok()
-                    .filter(|_| out.len() == raw)
-                    .ok_or(IndexError::Malformed("a packed field does not inflate"))?;
-                Ok(out)
-            }
-            _ => Err(IndexError::Malformed("unknown packing method")),
+        let (raw, deflated, stored) = self.packed_parts(max)?;
+        if !deflated {
+            return Ok(stored.to_vec());
         }
+        let mut out = Vec::with_capacity(raw);
+        flate2::read::DeflateDecoder::new(stored)
+            .take(raw as u64 + 1)
+            .read_to_end(&mut out)
+            .ok()
+            .filter(|_| out.len() == raw)
+            .ok_or(IndexError::Malformed("a packed field does not inflate"))?;
+        Ok(out)
     }
 }
 
