@@ -11,18 +11,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use crate::fs::Image;
-use crate::layer::index::{Data, Entry};
-use crate::layer::reader::read_entry;
+use crate::layer::index::Entry;
 use crate::tree::{Body, Node, NodeId};
-
-/// Chunk in which file content is copied (bounded memory whatever the file size).
-const COPY_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -198,29 +193,8 @@ impl Unpacker<'_> {
         let Some(entry) = layer.entries.get(source.entry as usize) else {
             return Ok(());
         };
-        let mut buf = vec![0u8; COPY_CHUNK];
-        // Sparse files keep their holes: only stored segments are written.
-        let segments: Vec<(u64, u64)> = match &entry.data {
-            Data::Sparse { map, .. } => map.clone(),
-            _ => vec![(0, entry.size)],
-        };
-        for (start, len) in segments {
-            let mut pos = start;
-            let end = start.saturating_add(len).min(entry.size);
-            while pos < end {
-                let want =
-                    usize::try_from((end - pos).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
-                let n = read_entry(layer.stream.as_ref(), entry, pos, &mut buf[..want])
-                    .map_err(io_at(path))?;
-                if n == 0 {
-                    break;
-                }
-                file.write_all_at(&buf[..n], pos).map_err(io_at(path))?;
-                pos += n as u64;
-                self.report.bytes += n as u64;
-            }
-        }
-        file.set_len(entry.size).map_err(io_at(path))?;
+        self.report.bytes += crate::layer::copy::copy_entry(layer.stream.as_ref(), entry, file)
+            .map_err(io_at(path))?;
         Ok(())
     }
 

@@ -80,12 +80,22 @@ impl DirStream {
     }
 }
 
-impl ReadAt for DirStream {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+impl DirStream {
+    /// The open file behind the virtual `offset`, and the offset in it.
+    fn locate(&self, offset: u64) -> io::Result<(std::sync::Arc<std::fs::File>, u64)> {
         let i = usize::try_from(offset >> FILE_BITS)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset out of range"))?;
-        let pos = offset & ((1 << FILE_BITS) - 1);
-        let file = self.file(i)?;
+        Ok((self.file(i)?, offset & ((1 << FILE_BITS) - 1)))
+    }
+}
+
+impl ReadAt for DirStream {
+    fn verbatim(&self, offset: u64) -> Option<io::Result<(std::sync::Arc<std::fs::File>, u64)>> {
+        Some(self.locate(offset))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let (file, pos) = self.locate(offset)?;
         let mut done = 0;
         while done < buf.len() {
             match file.read_at(&mut buf[done..], pos + done as u64) {

@@ -6,6 +6,7 @@
 //! callers hand in any reader of the compressed bytes and a sink for the uncompressed ones, so
 //! the pull can hash, store and (later) index a layer in one pass.
 
+pub mod copy;
 pub mod dir;
 pub mod gzip;
 pub mod index;
@@ -138,7 +139,7 @@ pub fn open_stream(
     let path = store.blob_path(&index.blob);
     let file = std::fs::File::open(&path).map_err(Error::Open)?;
     Ok(match &index.access {
-        Access::Plain => Box::new(reader::Plain(file)),
+        Access::Plain => Box::new(reader::Plain(std::sync::Arc::new(file))),
         Access::Gzip(checkpoints) => Box::new(
             gzip::GzipReader::new(
                 file,

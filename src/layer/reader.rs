@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use super::index::{Data, Entry};
 
@@ -14,10 +15,17 @@ use super::index::{Data, Entry};
 pub trait ReadAt: Send + Sync {
     /// Read up to `buf.len()` bytes at `offset`; fewer only at the end of the stream.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// The host file and offset where the stream's bytes from `offset` on lie as they are (a
+    /// plain tar blob, a directory lower's file), so a copy can leave them to the kernel; `None`
+    /// when they exist only decompressed.
+    fn verbatim(&self, _offset: u64) -> Option<io::Result<(Arc<File>, u64)>> {
+        None
+    }
 }
 
 /// An uncompressed tar blob, read in place.
-pub struct Plain(pub File);
+pub struct Plain(pub Arc<File>);
 
 impl ReadAt for Plain {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -31,6 +39,10 @@ impl ReadAt for Plain {
             }
         }
         Ok(done)
+    }
+
+    fn verbatim(&self, offset: u64) -> Option<io::Result<(Arc<File>, u64)>> {
+        Some(Ok((self.0.clone(), offset)))
     }
 }
 

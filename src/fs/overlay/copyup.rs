@@ -3,7 +3,8 @@
 //! A directory is created and given the lower metadata. A file's content is copied in chunks
 //! into an unnamed file (`O_TMPFILE`) in the target directory, which gets the metadata and is
 //! then linked under its name, so the merged view sees the old file or the whole copy, never a
-//! part. All-zero chunks are skipped, which keeps sparse files sparse. The parent's times are
+//! part. The copy itself (`layer::copy`) leaves plain bytes to the kernel, decompresses on
+//! several threads, and keeps sparse files sparse. The parent's times are
 //! put back afterwards, as kernel overlayfs does: a copy-up is not a change of the directory.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,11 +14,8 @@ use rustix::io::Errno;
 
 use super::upper::{self, Override, Type};
 use super::{FsError, OverlayFs, State};
-use crate::layer::reader::read_entry;
+use crate::layer::copy::copy_entry;
 use crate::tree::{Body, NodeId};
-
-/// Bytes copied at once: large enough to stream at disk speed, small enough to bound memory.
-const CHUNK: usize = 1 << 20;
 
 /// What an upper entry should end up as: the ownership and mode the merged view shows.
 #[derive(Clone, Copy, Debug)]
@@ -208,7 +206,6 @@ impl OverlayFs {
     }
 
     fn copy_content(&self, id: NodeId, file: &std::fs::File) -> Result<(), FsError> {
-        use std::os::unix::fs::FileExt;
         let node = self.image.tree.node(id).ok_or(FsError::Io)?;
         let source = node.source.ok_or(FsError::Io)?;
         let layer = self
@@ -220,25 +217,14 @@ impl OverlayFs {
             .entries
             .get(source.entry as usize)
             .ok_or(FsError::Io)?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut offset = 0u64;
-        while offset < entry.size {
-            let n = read_entry(layer.stream.as_ref(), entry, offset, &mut buf).map_err(|e| {
-                log::error!(
-                    "copy-up of {}: reading at {offset}: {e}",
-                    String::from_utf8_lossy(&entry.path)
-                );
-                FsError::Io
-            })?;
-            if n == 0 {
-                return Err(FsError::Io);
+        copy_entry(layer.stream.as_ref(), entry, file).map_err(|e| {
+            // A system error (a full upper, say) is the caller's to hear about; a layer that
+            // does not decompress is logged and reported as EIO.
+            if e.raw_os_error().is_none() {
+                log::error!("copy-up of {}: {e}", String::from_utf8_lossy(&entry.path));
             }
-            if buf[..n].iter().any(|&b| b != 0) {
-                file.write_all_at(&buf[..n], offset)?;
-            }
-            offset += n as u64;
-        }
-        rfs::ftruncate(file, entry.size)?;
+            FsError::from(e)
+        })?;
         Ok(())
     }
 
