@@ -7,7 +7,7 @@
 //! several threads, and keeps sparse files sparse. The parent's times are
 //! put back afterwards, as kernel overlayfs does: a copy-up is not a change of the directory.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -91,7 +91,7 @@ impl OverlayFs {
                     Err(e) => return Err(e.into()),
                 }
                 let fd = upper::open_path(&dir, &name)?;
-                self.finish_entry(&dir, &name, &fd, meta, &xattrs)?;
+                self.finish_entry(&dir, &name, fd.as_fd(), meta, &xattrs)?;
                 set_times(&dir, &name, times)?;
             }
             Type::File => {
@@ -100,7 +100,7 @@ impl OverlayFs {
                     self.copy_content(id, &file)?;
                 }
                 let pfd: OwnedFd = file.into();
-                self.finish_entry(&dir, b"", &pfd, meta, &xattrs)?;
+                self.finish_entry(&dir, b"", pfd.as_fd(), meta, &xattrs)?;
                 rfs::futimens(
                     &pfd,
                     &Timestamps {
@@ -123,13 +123,13 @@ impl OverlayFs {
                 let target = entry.map(|e| e.link.clone()).unwrap_or_default();
                 rfs::symlinkat(target.as_slice(), &dir, &name[..])?;
                 let fd = upper::open_path(&dir, &name)?;
-                self.finish_entry(&dir, &name, &fd, meta, &xattrs)?;
+                self.finish_entry(&dir, &name, fd.as_fd(), meta, &xattrs)?;
                 set_times(&dir, &name, times)?;
             }
             Type::Fifo | Type::Socket | Type::Char(..) | Type::Block(..) => {
                 self.make_node(&dir, &name, meta)?;
                 let fd = upper::open_path(&dir, &name)?;
-                self.finish_entry(&dir, &name, &fd, meta, &xattrs)?;
+                self.finish_entry(&dir, &name, fd.as_fd(), meta, &xattrs)?;
                 set_times(&dir, &name, times)?;
             }
         }
@@ -144,7 +144,9 @@ impl OverlayFs {
                 AtFlags::empty(),
             );
         }
-        st.get_mut(ino)?.upper = true;
+        let copied = st.get_mut(ino)?;
+        copied.upper = true;
+        copied.no_caps = false;
         if meta.kind == Type::File && tree_node.nlink > 1 {
             self.copy_up_links(st, ino, id)?;
         }
@@ -260,7 +262,7 @@ impl OverlayFs {
         &self,
         dir: &OwnedFd,
         name: &[u8],
-        fd: &OwnedFd,
+        fd: BorrowedFd<'_>,
         meta: Meta,
         xattrs: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), FsError> {
@@ -283,7 +285,7 @@ impl OverlayFs {
         &self,
         dir: &OwnedFd,
         name: &[u8],
-        fd: &OwnedFd,
+        fd: BorrowedFd<'_>,
         meta: Meta,
     ) -> Result<(), FsError> {
         let is_link = meta.kind == Type::Symlink;
@@ -344,38 +346,40 @@ impl OverlayFs {
 
     /// The metadata an upper entry shows now (its override, or the host's view).
     pub(super) fn current_meta(&self, dir: &OwnedFd, name: &[u8]) -> Result<Meta, FsError> {
+        if name.is_empty() {
+            return self.current_meta_of(dir.as_fd());
+        }
         let s = upper::stat(dir, name)?;
         // Only a rootless daemon keeps overrides.
         let over = if self.upper.privileged {
             None
-        } else if name.is_empty() {
-            upper::read_override(dir)
         } else {
             upper::open_path(dir, name)
                 .ok()
                 .and_then(|fd| upper::read_override(&fd))
         };
-        let host = Type::from_mode(s.st_mode, s.st_rdev);
-        Ok(match over {
-            Some(o) => Meta {
-                uid: o.uid,
-                gid: o.gid,
-                mode: o.mode,
-                kind: o.kind.unwrap_or(host),
-            },
-            None => Meta {
-                uid: s.st_uid,
-                gid: s.st_gid,
-                mode: s.st_mode & 0o7777,
-                kind: host,
-            },
-        })
+        Ok(meta_from(&s, over))
+    }
+
+    /// The same for the entry `fd` (`O_PATH` or open).
+    pub(super) fn current_meta_of(&self, fd: BorrowedFd<'_>) -> Result<Meta, FsError> {
+        let s = rfs::fstat(fd)?;
+        let over = if self.upper.privileged {
+            None
+        } else {
+            upper::read_override(fd)
+        };
+        Ok(meta_from(&s, over))
     }
 }
 
-fn chmod(fd: &OwnedFd, mode: u32) -> Result<(), Errno> {
-    // fchmod does not take O_PATH fds; chmod through /proc does.
-    rfs::chmod(upper::proc_path(fd), Mode::from_raw_mode(mode))
+fn chmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    let mode = Mode::from_raw_mode(mode);
+    match rfs::fchmod(fd, mode) {
+        // fchmod does not take O_PATH fds; chmod through /proc does.
+        Err(Errno::BADF) => rfs::chmod(upper::proc_path(fd), mode),
+        other => other,
+    }
 }
 
 fn set_times(dir: &OwnedFd, name: &[u8], t: Timespec) -> Result<(), Errno> {
@@ -388,4 +392,23 @@ fn set_times(dir: &OwnedFd, name: &[u8], t: Timespec) -> Result<(), Errno> {
         },
         AtFlags::SYMLINK_NOFOLLOW,
     )
+}
+
+/// What an entry is, from its host stat and its override (if any).
+fn meta_from(s: &rfs::Stat, over: Option<Override>) -> Meta {
+    let host = Type::from_mode(s.st_mode, s.st_rdev);
+    match over {
+        Some(o) => Meta {
+            uid: o.uid,
+            gid: o.gid,
+            mode: o.mode,
+            kind: o.kind.unwrap_or(host),
+        },
+        None => Meta {
+            uid: s.st_uid,
+            gid: s.st_gid,
+            mode: s.st_mode & 0o7777,
+            kind: host,
+        },
+    }
 }

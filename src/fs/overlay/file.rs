@@ -4,7 +4,7 @@
 //! copy-up switches to the upper copy at its next read, as kernel overlayfs does, so every
 //! reader sees the file's current content.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -69,6 +69,9 @@ fn stamp(t: Option<TimeOrNow>) -> Timespec {
         },
     }
 }
+
+/// The xattr the kernel reads before it lets a write or chown keep file capabilities.
+const CAPABILITY: &str = "security.capability";
 
 impl OverlayFs {
     /// An `O_PATH` fd of `ino`'s upper entry, with its directory and name ("." for the root).
@@ -190,7 +193,7 @@ impl OverlayFs {
             };
             if mode & 0o4000 != 0 || mode & 0o2010 == 0o2010 {
                 let mut st = self.lock();
-                self.kill_suid_sgid(&mut st, ino)?;
+                self.kill_suid_sgid(&mut st, ino, Some(file.as_ref()))?;
                 drop(st);
                 // The kernel still caches the old mode, and a write's reply carries none.
                 crate::fs::invalidate_attributes(ino);
@@ -202,19 +205,33 @@ impl OverlayFs {
 
     /// Clear set-user-ID, and set-group-ID where group execute is set, as the VFS does when a
     /// file is written, truncated or chowned.
-    fn kill_suid_sgid(&self, st: &mut State, ino: u64) -> Result<(), FsError> {
+    /// `open`: the file opened, if the caller has it (saves opening it again).
+    fn kill_suid_sgid(
+        &self,
+        st: &mut State,
+        ino: u64,
+        open: Option<&std::fs::File>,
+    ) -> Result<(), FsError> {
         if ino == ROOT || st.get(ino)?.is_dir() {
             return Ok(());
         }
-        let (dir, name, fd) = self.entry_fd(st, ino)?;
-        let mut meta = self.current_meta(&dir, &name)?;
+        let (dir, name) = self.locate(st, ino)?;
+        let path_fd;
+        let fd = match open {
+            Some(f) => f.as_fd(),
+            None => {
+                path_fd = upper::open_path(&dir, &name)?;
+                path_fd.as_fd()
+            }
+        };
+        let mut meta = self.current_meta_of(fd)?;
         let before = meta.mode;
         meta.mode &= !0o4000;
         if meta.mode & 0o2010 == 0o2010 {
             meta.mode &= !0o2000;
         }
         if meta.mode != before {
-            self.set_meta(&dir, &name, &fd, meta)?;
+            self.set_meta(&dir, &name, fd, meta)?;
         }
         Ok(())
     }
@@ -228,7 +245,10 @@ impl OverlayFs {
     ) -> Result<FileAttr, FsError> {
         let mut st = self.lock();
         self.copy_up(&mut st, ino, set.size != Some(0))?;
-        let file = fh.and_then(|fh| self.handle_file(fh));
+        // Any open handle of the file serves for fchown, fchmod and fstat: no path lookups.
+        let file = fh
+            .and_then(|fh| self.handle_file(fh))
+            .or_else(|| self.open_file_of(ino));
         if let Some(size) = set.size {
             match &file {
                 Some(f) => rfs::ftruncate(f.as_ref(), size)?,
@@ -238,14 +258,21 @@ impl OverlayFs {
                 }
             }
         }
-        let (dir, name, fd) = self.entry_fd(&st, ino)?;
+        let (dir, name) = self.locate(&st, ino)?;
+        let path_fd;
+        let fd = match &file {
+            Some(f) if ino != ROOT => f.as_fd(),
+            _ => {
+                path_fd = if ino == ROOT {
+                    self.upper.dir(b"")?
+                } else {
+                    upper::open_path(&dir, &name)?
+                };
+                path_fd.as_fd()
+            }
+        };
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
-            let name_for_meta: &[u8] = if ino == ROOT { b"" } else { &name };
-            let mut meta = if ino == ROOT {
-                self.current_meta(&fd, b"")?
-            } else {
-                self.current_meta(&dir, &name)?
-            };
+            let mut meta = self.current_meta_of(fd)?;
             if let Some(m) = set.mode {
                 meta.mode = m & 0o7777;
             }
@@ -255,14 +282,14 @@ impl OverlayFs {
             if let Some(g) = set.gid {
                 meta.gid = self.container_gid(g);
             }
-            self.set_meta(&dir, name_for_meta, &fd, meta)?;
+            self.set_meta(&dir, &name, fd, meta)?;
         }
         // The kernel leaves these to the filesystem (FUSE_HANDLE_KILLPRIV_V2) without saying
         // so in a way fuser passes on: a chown always clears set-user-ID and set-group-ID, a
         // truncation by a caller other than root does, and an explicit mode wins.
         let chown = set.uid.is_some() || set.gid.is_some();
         if set.mode.is_none() && (chown || (set.size.is_some() && caller.uid != 0)) {
-            self.kill_suid_sgid(&mut st, ino)?;
+            self.kill_suid_sgid(&mut st, ino, file.as_deref())?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {
@@ -270,9 +297,9 @@ impl OverlayFs {
                 last_modification: stamp(set.mtime),
             };
             if ino == ROOT {
-                rfs::utimensat(&fd, ".", &times, AtFlags::empty())?;
+                rfs::utimensat(fd, ".", &times, AtFlags::empty())?;
             } else {
-                rfs::utimensat(&dir, name.as_slice(), &times, AtFlags::SYMLINK_NOFOLLOW)?;
+                rfs::utimensat(&dir, &name[..], &times, AtFlags::SYMLINK_NOFOLLOW)?;
             }
         }
         self.attr(&mut st, ino, file.as_deref())
@@ -354,12 +381,25 @@ impl OverlayFs {
         if upper::is_private_xattr(name) {
             return Err(FsError::NoData);
         }
-        let st = self.lock();
-        if st.get(ino)?.upper {
+        let mut st = self.lock();
+        let node = st.get(ino)?;
+        if node.upper {
+            let caps = name == CAPABILITY.as_bytes();
+            if caps && node.no_caps {
+                return Err(FsError::NoData);
+            }
             let (_, _, fd) = self.entry_fd(&st, ino)?;
-            drop(st);
-            let name = std::str::from_utf8(name).map_err(|_| FsError::NoData)?;
-            let value = upper::get_xattr(&fd, name)?.ok_or(FsError::NoData)?;
+            if !caps {
+                // Only the capability answer is remembered, under the lock.
+                drop(st);
+                let name = std::str::from_utf8(name).map_err(|_| FsError::NoData)?;
+                let value = upper::get_xattr(&fd, name)?.ok_or(FsError::NoData)?;
+                return sized(value, size);
+            }
+            let Some(value) = upper::get_xattr(&fd, CAPABILITY)? else {
+                st.get_mut(ino)?.no_caps = true;
+                return Err(FsError::NoData);
+            };
             return sized(value, size);
         }
         let value = self
@@ -406,6 +446,7 @@ impl OverlayFs {
         }
         let mut st = self.lock();
         self.copy_up(&mut st, ino, true)?;
+        st.get_mut(ino)?.no_caps = false;
         let (_, _, fd) = self.entry_fd(&st, ino)?;
         upper::set_xattr(&fd, name, value, flags)?;
         Ok(())
@@ -421,6 +462,7 @@ impl OverlayFs {
             return Err(FsError::NoData);
         }
         self.copy_up(&mut st, ino, true)?;
+        st.get_mut(ino)?.no_caps = false;
         let (_, _, fd) = self.entry_fd(&st, ino)?;
         upper::remove_xattr(&fd, name)?;
         Ok(())

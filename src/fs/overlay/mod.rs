@@ -86,6 +86,10 @@ struct Inode {
     lookups: u64,
     /// No name left in the merged view; kept until the kernel forgets it.
     unlinked: bool,
+    /// The upper entry is known to have no `security.capability`: the kernel asks before
+    /// every first write and every chown, and the answer then costs no system call. Cleared
+    /// by every xattr change and copy-up.
+    no_caps: bool,
 }
 
 impl Inode {
@@ -101,6 +105,7 @@ impl Inode {
             children: None,
             lookups: 0,
             unlinked: false,
+            no_caps: false,
         }
     }
 

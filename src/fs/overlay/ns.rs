@@ -8,7 +8,7 @@
 //! making the copy opaque, so that the result needs no `redirect` xattr and reads the same
 //! through kernel overlayfs.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use fuser::FileAttr;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, RenameFlags};
@@ -123,9 +123,17 @@ impl OverlayFs {
             New::Symlink(target) => rfs::symlinkat(target, &dir, build_name.as_slice())?,
             New::Node(_) => self.make_node(&dir, &build_name, meta)?,
         }
-        let built = upper::open_path(&dir, &build_name)?;
+        // A new file is set up through its open fd; other kinds through an O_PATH one.
+        let path_fd;
+        let built = match &file {
+            Some(f) => f.as_fd(),
+            None => {
+                path_fd = upper::open_path(&dir, &build_name)?;
+                path_fd.as_fd()
+            }
+        };
         let result = self
-            .set_meta(&dir, &build_name, &built, meta)
+            .set_meta(&dir, &build_name, built, meta)
             .and_then(|()| {
                 if over_whiteout && kind == Type::Dir {
                     // The directory stands where a lower one was deleted: nothing below shows.
@@ -160,6 +168,8 @@ impl OverlayFs {
         }
         let mut inode = Inode::new(parent, name, super::kind_of_type(kind));
         inode.opaque = kind == Type::Dir && over_whiteout;
+        // Nothing sets security.capability on a new entry but a later setxattr.
+        inode.no_caps = true;
         if kind == Type::Dir {
             inode.children = Some(Default::default());
         }

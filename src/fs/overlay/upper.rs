@@ -20,6 +20,8 @@ use rustix::io::Errno;
 pub const OVERRIDE_STAT: &str = "user.containers.override_stat";
 /// Longest xattr value read back (the kernel's own limit).
 const MAX_XATTR: usize = 64 << 10;
+/// First buffer tried for an xattr value.
+const SMALL_XATTR: usize = 256;
 
 /// The upper directory and who the daemon is.
 pub struct Upper {
@@ -225,23 +227,28 @@ pub fn is_whiteout(st: &rfs::Stat) -> bool {
 
 /// One xattr of the entry behind `fd` (an `O_PATH` fd), or `None` if it has none by that name.
 pub fn get_xattr(fd: impl AsFd, name: &str) -> Result<Option<Vec<u8>>, Errno> {
-    let mut buf = vec![0u8; MAX_XATTR];
-    match rfs::getxattr(proc_path(fd), name, &mut buf[..]) {
-        Ok(n) => {
-            buf.truncate(n);
-            Ok(Some(buf))
+    let path = proc_path(fd);
+    // Most values are short: try a small buffer before the largest one.
+    let mut buf = vec![0u8; SMALL_XATTR];
+    loop {
+        match rfs::getxattr(path.as_str(), name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::RANGE) if buf.len() < MAX_XATTR => buf.resize(MAX_XATTR, 0),
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => return Ok(None),
+            Err(e) => return Err(e),
         }
-        Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
-pub fn set_xattr(fd: &OwnedFd, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
+pub fn set_xattr(fd: impl AsFd, name: &[u8], value: &[u8], flags: i32) -> Result<(), Errno> {
     let flags = rfs::XattrFlags::from_bits_retain(flags as u32);
     rfs::setxattr(proc_path(fd), name, value, flags)
 }
 
-pub fn remove_xattr(fd: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
+pub fn remove_xattr(fd: impl AsFd, name: &[u8]) -> Result<(), Errno> {
     rfs::removexattr(proc_path(fd), name)
 }
 
