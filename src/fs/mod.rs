@@ -88,6 +88,9 @@ pub struct LayerFs {
     options: Options,
     /// Totals for statfs.
     total_bytes: u64,
+    /// The kernel opens files and directories without asking (see `init`).
+    skip_open: bool,
+    skip_opendir: bool,
 }
 
 impl LayerFs {
@@ -102,6 +105,8 @@ impl LayerFs {
             image,
             options,
             total_bytes,
+            skip_open: false,
+            skip_opendir: false,
         }
     }
 }

@@ -20,6 +20,13 @@ const GENERATION: Generation = Generation(0);
 impl Filesystem for LayerFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         super::request_capabilities(config, &[]);
+        // Nothing is opened for real and the mount is read-only (MS_RDONLY: the kernel refuses
+        // writes itself), so a kernel that can do without open and opendir requests is told
+        // so by the first of each (ENOSYS); every later open and close then costs no round
+        // trip, and the kernel keeps the page and directory caches as it would have.
+        let kernel = config.capabilities();
+        self.skip_open = kernel.contains(fuser::InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.skip_opendir = kernel.contains(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -46,6 +53,9 @@ impl Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.skip_open {
+            return reply.error(Errno::ENOSYS);
+        }
         match node_id(ino).and_then(|id| self.do_open(id, flags.0)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e.errno()),
@@ -70,6 +80,9 @@ impl Filesystem for LayerFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.skip_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         let dir = node_id(ino).and_then(|id| {
             let node = self.image.tree.node(id).ok_or(FsError::NotFound)?;
             if node.is_dir() {
@@ -85,6 +98,18 @@ impl Filesystem for LayerFs {
             ),
             Err(e) => reply.error(e.errno()),
         }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to flush in a read-only view; ENOSYS makes the kernel stop asking.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
