@@ -87,7 +87,9 @@ pub struct Checkpoint {
 /// A checkpoint's window: raw as inflating produced it, or deflated as the index file keeps it,
 /// and then inflated only when a read resumes there. A mounted 1 GiB layer has about a thousand
 /// windows; inflating all of them when the index is opened cost a quarter of a second and
-/// 32 MiB of memory for windows that most mounts never use.
+/// 32 MiB of memory for windows that most mounts never use. A mounted layer's windows stay in
+/// its index file and are read from there when a read resumes at one, so memory does not grow
+/// with the size of the layers.
 #[derive(Clone, Debug, Default)]
 pub struct Window {
     /// Length of the raw window.
@@ -96,12 +98,16 @@ pub struct Window {
     bytes: Kept,
 }
 
-/// Where a window's bytes are: its own allocation, or a range of the index file's bytes as
-/// read (so that a layer whose windows are most of its index holds them once, not twice).
+/// Where a window's bytes are: its own allocation, or `len` bytes at `offset` of the index
+/// file (verified when the index was opened; index files are replaced, never rewritten).
 #[derive(Clone, Debug)]
 enum Kept {
     Own(Box<[u8]>),
-    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    InFile {
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 impl Default for Kept {
@@ -111,10 +117,19 @@ impl Default for Kept {
 }
 
 impl Kept {
-    fn get(&self) -> &[u8] {
+    fn get(&self) -> io::Result<std::borrow::Cow<'_, [u8]>> {
         match self {
-            Kept::Own(b) => b,
-            Kept::Shared(buf, range) => buf.get(range.clone()).unwrap_or_default(),
+            Kept::Own(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Kept::InFile { file, offset, len } => {
+                let mut buf = vec![0u8; *len];
+                file.read_exact_at(&mut buf, *offset).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("reading a gzip checkpoint's window from the layer index: {e}"),
+                    )
+                })?;
+                Ok(std::borrow::Cow::Owned(buf))
+            }
         }
     }
 }
@@ -139,26 +154,23 @@ impl Window {
         }
     }
 
-    /// A window of `len` raw bytes kept in `buf[range]`, raw or deflated.
-    pub fn shared(
+    /// A window of `len` raw bytes kept, raw or deflated, as the `stored` bytes at `offset`
+    /// of the index file `file`.
+    pub fn in_file(
         len: usize,
         deflated: bool,
-        buf: Arc<Vec<u8>>,
-        range: std::ops::Range<usize>,
+        file: Arc<File>,
+        offset: u64,
+        stored: usize,
     ) -> Window {
         Window {
             len,
             deflated,
-            bytes: Kept::Shared(buf, range),
-        }
-    }
-
-    /// The same window in an allocation of its own.
-    pub fn owned(&self) -> Window {
-        Window {
-            len: self.len,
-            deflated: self.deflated,
-            bytes: Kept::Own(self.bytes.get().into()),
+            bytes: Kept::InFile {
+                file,
+                offset,
+                len: stored,
+            },
         }
     }
 
@@ -172,18 +184,19 @@ impl Window {
     }
 
     /// The bytes as kept, and whether they are deflated.
-    pub fn stored(&self) -> (bool, &[u8]) {
-        (self.deflated, self.bytes.get())
+    pub fn stored(&self) -> io::Result<(bool, std::borrow::Cow<'_, [u8]>)> {
+        Ok((self.deflated, self.bytes.get()?))
     }
 
     /// The raw window; `InvalidData` if the deflated form does not inflate to its length.
     pub fn bytes(&self) -> io::Result<std::borrow::Cow<'_, [u8]>> {
+        let stored = self.bytes.get()?;
         if !self.deflated {
-            return Ok(std::borrow::Cow::Borrowed(self.bytes.get()));
+            return Ok(stored);
         }
         let mut out = Vec::with_capacity(self.len);
         let mut inflater = io::Read::take(
-            flate2::read::DeflateDecoder::new(self.bytes.get()),
+            flate2::read::DeflateDecoder::new(&stored[..]),
             self.len as u64 + 1,
         );
         io::Read::read_to_end(&mut inflater, &mut out)
@@ -205,7 +218,10 @@ impl PartialEq for Window {
         self.len == other.len
             && match (self.bytes(), other.bytes()) {
                 (Ok(a), Ok(b)) => a == b,
-                _ => self.stored() == other.stored(),
+                _ => match (self.stored(), other.stored()) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => false,
+                },
             }
     }
 }

@@ -162,8 +162,9 @@ pub enum IndexError {
 }
 
 impl LayerIndex {
-    /// The index as bytes for its file (see the module documentation for the format).
-    pub fn encode(&self) -> Vec<u8> {
+    /// The index as bytes for its file (see the module documentation for the format). Fails
+    /// only if a window kept in an index file cannot be read back.
+    pub fn encode(&self) -> std::io::Result<Vec<u8>> {
         let mut w = Encoder(Vec::new());
         w.0.extend_from_slice(MAGIC);
         w.0.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -186,14 +187,14 @@ impl LayerIndex {
                     w.varint(c.input.wrapping_sub(input));
                     (out, input) = (c.out, c.input);
                     w.u8(c.bits);
-                    match c.window.stored() {
+                    match c.window.stored()? {
                         // Kept deflated since the index was read: written back as it was.
                         (true, bytes) => {
                             w.len(c.window.len());
                             w.u8(1);
-                            w.bytes(bytes);
+                            w.bytes(&bytes);
                         }
-                        (false, raw) => w.packed(raw),
+                        (false, raw) => w.packed(&raw),
                     }
                 }
             }
@@ -211,7 +212,7 @@ impl LayerIndex {
         w.packed(&encode_entries(&self.entries));
         let checksum = Digest::of(&w.0);
         w.0.extend_from_slice(checksum.hex().as_bytes());
-        w.0
+        Ok(w.0)
     }
 
     /// Read an index file, refusing anything that is not exactly what [`encode`] wrote for
@@ -222,14 +223,13 @@ impl LayerIndex {
         LayerIndex::decode_in(bytes, None)
     }
 
-    /// `decode`, from the index file's bytes as read: when gzip windows are most of them, the
-    /// windows stay in those bytes instead of being copied out.
-    pub fn decode_owned(bytes: Vec<u8>) -> Result<LayerIndex, IndexError> {
-        let shared = Arc::new(bytes);
-        LayerIndex::decode_in(&shared.clone(), Some(shared))
+    /// `decode` of the index file `file`, whose bytes are `bytes`: the gzip windows are not
+    /// copied out but read from the file when used.
+    pub fn decode_file(bytes: &[u8], file: std::fs::File) -> Result<LayerIndex, IndexError> {
+        LayerIndex::decode_in(bytes, Some(Arc::new(file)))
     }
 
-    fn decode_in(bytes: &[u8], shared: Option<Arc<Vec<u8>>>) -> Result<LayerIndex, IndexError> {
+    fn decode_in(bytes: &[u8], file: Option<Arc<std::fs::File>>) -> Result<LayerIndex, IndexError> {
         let (magic, rest) = bytes
             .split_at_checked(MAGIC.len())
             .ok_or(IndexError::Truncated)?;
@@ -276,14 +276,15 @@ impl LayerIndex {
                     input = input.wrapping_add(r.varint()?);
                     let bits = r.u8()?;
                     let (len, deflated, stored) = r.window()?;
-                    let window = match &shared {
-                        Some(buf) => {
+                    let window = match &file {
+                        Some(file) => {
                             let start = stored.as_ptr() as usize - bytes.as_ptr() as usize;
-                            super::gzip::Window::shared(
+                            super::gzip::Window::in_file(
                                 len,
                                 deflated,
-                                buf.clone(),
-                                start..start + stored.len(),
+                                file.clone(),
+                                start as u64,
+                                stored.len(),
                             )
                         }
                         None if deflated => super::gzip::Window::deflated(len, stored.to_vec()),
@@ -295,14 +296,6 @@ impl LayerIndex {
                         bits,
                         window,
                     });
-                }
-                // Sharing pays when the windows are most of the file; otherwise they are copied
-                // out and the file's bytes freed.
-                let kept: usize = checkpoints.iter().map(|c| c.window.stored().1.len()).sum();
-                if shared.is_some() && kept < bytes.len() / 2 {
-                    for c in &mut checkpoints {
-                        c.window = c.window.owned();
-                    }
                 }
                 Access::Gzip(checkpoints)
             }
@@ -833,8 +826,13 @@ mod tests {
             },
         ];
         for index in cases {
-            let bytes = index.encode();
-            assert_eq!(LayerIndex::decode_owned(bytes.clone()).as_ref(), Ok(&index));
+            let bytes = index.encode().unwrap();
+            // Windows read from the index file when used, and written back the same.
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(&bytes).unwrap();
+            let from_file = LayerIndex::decode_file(&bytes, file).unwrap();
+            assert_eq!(from_file, index);
+            assert!(from_file.encode().unwrap() == bytes);
             assert_eq!(LayerIndex::decode(&bytes), Ok(index));
         }
     }
@@ -843,7 +841,7 @@ mod tests {
     fn windows_are_compressed_when_that_helps() {
         let index = rich_index(Access::Gzip(checkpoints(MAX_WINDOW)));
         let raw: usize = checkpoints(MAX_WINDOW).iter().map(|c| c.window.len()).sum();
-        let encoded = index.encode().len();
+        let encoded = index.encode().unwrap().len();
         // The random window is stored as it is; the others shrink a lot.
         assert!(
             encoded < raw / 2,
@@ -854,7 +852,7 @@ mod tests {
 
     #[test]
     fn every_corruption_and_truncation_is_rejected() {
-        let bytes = rich_index(Access::Gzip(checkpoints(600))).encode();
+        let bytes = rich_index(Access::Gzip(checkpoints(600))).encode().unwrap();
         for i in 0..bytes.len() {
             for flip in [0x01, 0x80, 0xff] {
                 let mut bad = bytes.clone();
@@ -883,7 +881,7 @@ mod tests {
 
     #[test]
     fn other_versions_are_reported() {
-        let mut bytes = rich_index(Access::Plain).encode();
+        let mut bytes = rich_index(Access::Plain).encode().unwrap();
         bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&2u32.to_le_bytes());
         let want = IndexError::Version {
             found: 2,
@@ -905,7 +903,7 @@ mod tests {
     /// refuse it without panicking or allocating more than the input justifies.
     #[test]
     fn damage_behind_a_valid_checksum_is_refused_safely() {
-        let good = rich_index(Access::Gzip(checkpoints(300))).encode();
+        let good = rich_index(Access::Gzip(checkpoints(300))).encode().unwrap();
         let header = MAGIC.len() + 4;
         let mut rng = Rng(99);
         for round in 0..3000 {
@@ -972,7 +970,8 @@ mod tests {
             entries: vec![],
             ..rich_index(Access::Plain)
         }
-        .encode();
+        .encode()
+        .unwrap();
         // No entries: a count of 0, stored.
         let tail = stored(&[0]);
         assert!(bytes[..bytes.len() - DIGEST_HEX].ends_with(&tail));
@@ -1111,7 +1110,7 @@ mod tests {
             access: Access::Gzip(checkpoints),
             entries,
         };
-        let bytes = index.encode();
+        let bytes = index.encode().unwrap();
         eprintln!(
             "index: {} bytes, layer: {compressed} bytes gzip",
             bytes.len()

@@ -317,8 +317,10 @@ impl Store {
         let path = self
             .private("indexes")
             .join(format!("{}.idx", digest.hex()));
-        let bytes = fs::read(&path).ok()?;
-        match crate::layer::index::LayerIndex::decode_owned(bytes) {
+        let mut file = File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+        match crate::layer::index::LayerIndex::decode_file(&bytes, file) {
             Ok(index) if &index.blob == digest => Some(index),
             Ok(_) => {
                 log::warn!("{} belongs to another blob; rebuilding it", path.display());
@@ -335,7 +337,10 @@ impl Store {
         let path = self
             .private("indexes")
             .join(format!("{}.idx", index.blob.hex()));
-        self.write_atomic(&path, &index.encode())
+        let bytes = index
+            .encode()
+            .map_err(io_err("read a window of the layer index", &path))?;
+        self.write_atomic(&path, &bytes)
     }
 
     /// Where a decompressed copy of layer blob `digest` may be cached.
