@@ -70,6 +70,11 @@ pub fn open_layers(
         let slices: Vec<&[layer::index::Entry]> = entry_lists.iter().map(Vec::as_slice).collect();
         Tree::build(&slices)?
     };
+    // The tree holds every name now: the entries' paths are not needed any more (3 MiB on a
+    // layer of 100,000 files).
+    for entry in entry_lists.iter_mut().flatten() {
+        entry.path = Vec::new();
+    }
     let layers = layers
         .into_iter()
         .zip(entry_lists)

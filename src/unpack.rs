@@ -97,16 +97,14 @@ fn entry_of<'i>(image: &'i Image, node: &Node) -> Option<&'i Entry> {
 impl Unpacker<'_> {
     /// Create the children of directory `id` inside `dir`, depth first.
     fn dir_contents(&mut self, id: NodeId, dir: &OwnedFd, path: &[u8]) -> Result<(), Error> {
-        let Some(node) = self.image.tree.node(id) else {
-            return Ok(());
-        };
-        for (name, child) in node.children() {
+        let image = self.image;
+        for (name, child) in image.tree.children(id) {
             let mut child_path = path.to_vec();
             if !child_path.is_empty() {
                 child_path.push(b'/');
             }
             child_path.extend_from_slice(name);
-            self.create(*child, dir, name, &child_path)?;
+            self.create(child, dir, name, &child_path)?;
         }
         Ok(())
     }

@@ -418,6 +418,8 @@ fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -
     };
     let image = crate::mount::open_layers(blobs, &lowerdirs, cache)
         .with_context(|| format!("cannot open {name}"))?;
+    // Building the tree freed about as much as it keeps: give whole free pages back.
+    crate::sys::malloc::release_free_memory();
     let image = Arc::new(image);
     let fs_options = crate::fs::Options {
         uid_map: options.uid_map.clone(),

@@ -24,7 +24,7 @@ impl LayerFs {
         let dots = [(dir, &b"."[..]), (node.parent, &b".."[..])];
         let all = dots
             .into_iter()
-            .chain(node.children().iter().map(|(n, id)| (*id, &n[..])));
+            .chain(self.image.tree.children(dir).map(|(n, id)| (id, n)));
         Ok(all
             .enumerate()
             .skip(usize::try_from(offset).unwrap_or(usize::MAX))

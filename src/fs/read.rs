@@ -58,8 +58,8 @@ pub(super) fn read_lower(
     let mut buf = vec![0u8; len];
     let n = read_entry(layer.stream.as_ref(), entry, offset, &mut buf).map_err(|e| {
         log::error!(
-            "reading {} at {offset}: {e}",
-            String::from_utf8_lossy(&entry.path)
+            "reading /{} at {offset}: {e}",
+            String::from_utf8_lossy(&image.tree.path(id))
         );
         FsError::Io
     })?;

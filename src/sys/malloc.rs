@@ -14,6 +14,17 @@ const MMAP_THRESHOLD: i32 = 256 << 10;
 /// Heap arenas shared by the FUSE threads.
 const ARENAS: i32 = 2;
 
+/// Return the heap's whole free pages to the system (glibc only).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only releases free memory; it touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Apply the daemon's heap settings (glibc only; elsewhere nothing to do).
 pub fn tune_for_daemon() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -223,7 +223,8 @@ impl OverlayFs {
             // A system error (a full upper, say) is the caller's to hear about; a layer that
             // does not decompress is logged and reported as EIO.
             if e.raw_os_error().is_none() {
-                log::error!("copy-up of {}: {e}", String::from_utf8_lossy(&entry.path));
+                let path = self.image.tree.path(id);
+                log::error!("copy-up of /{}: {e}", String::from_utf8_lossy(&path));
             }
             FsError::from(e)
         })?;

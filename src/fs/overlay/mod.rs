@@ -417,25 +417,24 @@ impl OverlayFs {
         let (lower, opaque, is_upper) = (node.lower, node.opaque, node.upper);
         let mut children: BTreeMap<Box<[u8]>, u64> = BTreeMap::new();
         if let Some(lower) = lower.filter(|_| !opaque) {
-            let tree_node = self.image.tree.node(lower).ok_or(FsError::Io)?;
-            for (name, id) in tree_node.children() {
-                let child = self.image.tree.node(*id).ok_or(FsError::Io)?;
+            for (name, id) in self.image.tree.children(lower) {
+                let child = self.image.tree.node(id).ok_or(FsError::Io)?;
                 let mut ino = u64::from(id.0) + 1;
                 if let Some(shared) = st.inodes.get_mut(&ino) {
-                    if child.nlink > 1 && !child.is_dir() && shared.lower == Some(*id) {
+                    if child.nlink > 1 && !child.is_dir() && shared.lower == Some(id) {
                         // Another name of a lower hard link: the same inode, as the kernel's
                         // overlayfs shows it.
-                        shared.more_links.push((dir, name.clone()));
-                        children.insert(name.clone(), ino);
+                        shared.more_links.push((dir, Box::from(name)));
+                        children.insert(Box::from(name), ino);
                         continue;
                     }
                     ino = st.fresh_ino();
                 }
                 let mut inode = Inode::new(dir, name, kind_of(&child.body));
                 inode.upper = false;
-                inode.lower = Some(*id);
+                inode.lower = Some(id);
                 st.inodes.insert(ino, inode);
-                children.insert(name.clone(), ino);
+                children.insert(Box::from(name), ino);
             }
         }
         if is_upper {
