@@ -66,6 +66,11 @@ const MAX_STALLS: u32 = 64;
 /// A span larger than this share of the cache budget is not cached, so the cache always has
 /// room for several spans and readers of different files do not evict each other every read.
 const CACHED_SHARE: u64 = 4;
+/// Spans decompressed ahead of a sequential reader.
+const READ_AHEAD: u64 = 2;
+/// Most prefetch threads per cache, and most prefetches waiting for one.
+const PREFETCH_THREADS: usize = 3;
+const PREFETCH_QUEUE: usize = 8;
 /// Bytes of a gzip member's trailer: CRC-32 and size, four bytes each.
 const TRAILER: u64 = 8;
 /// The first byte of a gzip member's magic number.
@@ -427,6 +432,49 @@ pub struct SpanCache {
     budget: u64,
     lru: Mutex<Lru>,
     loaded: Condvar,
+    /// Threads that decompress the spans a sequential reader will want next; started on the
+    /// first prefetch, none on a single CPU.
+    prefetcher: std::sync::OnceLock<Option<Prefetcher>>,
+}
+
+/// A decompression job for a prefetch thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Prefetcher {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Prefetcher {
+    /// One thread per CPU but the reader's own, at most `PREFETCH_THREADS`; `None` on one CPU.
+    fn start() -> Option<Prefetcher> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_sub(1)
+            .min(PREFETCH_THREADS);
+        if threads == 0 {
+            return None;
+        }
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(PREFETCH_QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name("layerfs-prefetch".into())
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break, // the cache is gone
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                break;
+            }
+        }
+        Some(Prefetcher { jobs })
+    }
 }
 
 #[derive(Default)]
@@ -492,6 +540,7 @@ impl SpanCache {
             budget,
             lru: Mutex::new(Lru::default()),
             loaded: Condvar::new(),
+            prefetcher: std::sync::OnceLock::new(),
         }
     }
 
@@ -545,6 +594,38 @@ impl SpanCache {
         Ok(data)
     }
 
+    /// Decompress span `key` with `load` on a prefetch thread, unless it is cached, being
+    /// loaded, or the prefetch queue is full (a prefetch is only ever a hint). Readers that
+    /// want it meanwhile wait for it as for any span being loaded.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        key: SpanKey,
+        load: impl FnOnce() -> io::Result<Vec<u8>> + Send + 'static,
+    ) {
+        let Some(prefetcher) = self.prefetcher.get_or_init(Prefetcher::start) else {
+            return;
+        };
+        {
+            let mut lru = self.lock();
+            if lru.slots.contains_key(&key) {
+                return;
+            }
+            lru.slots.insert(key, Slot::Loading);
+        }
+        let cache = Arc::clone(self);
+        let job: Job = Box::new(move || {
+            let loading = Loading { cache: &cache, key };
+            // A failure is left to the reader that wants the span, which retries and reports.
+            if let Ok(data) = load() {
+                cache.lock().insert(key, data.into(), cache.budget);
+            }
+            drop(loading);
+        });
+        if prefetcher.jobs.try_send(job).is_err() {
+            drop(Loading { cache: self, key });
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Lru> {
         // The state stays consistent even if a holder panicked: every update is complete
         // before the lock is released.
@@ -569,16 +650,43 @@ impl Drop for Loading<'_> {
     }
 }
 
+/// Decompress span `i` of `blob`, `len` bytes, whole, and check that the deflate stream
+/// reaches the next checkpoint exactly there (or ends there, for the last span). Without a CRC
+/// for a span, that is what catches most damage to the blob after it was verified.
+fn inflate_span(
+    blob: &File,
+    checkpoints: &[Checkpoint],
+    i: usize,
+    len: u64,
+) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .map_err(|_| invalid(format!("span {i} of the gzip layer is too large")))?;
+    let checkpoint = checkpoints
+        .get(i)
+        .ok_or_else(|| invalid(format!("gzip checkpoint {i} is missing")))?;
+    let mut out = vec![0u8; len];
+    let mut resume = Resume::at(blob, checkpoint)?;
+    resume.fill_exact(&mut out)?;
+    match checkpoints.get(i + 1) {
+        Some(next) => resume.expect_boundary(next)?,
+        None => resume.expect_end()?,
+    }
+    Ok(out)
+}
+
 /// Positional reads of a gzip layer's uncompressed stream, through its checkpoints. Shared by
 /// many threads: every read uses `pread`, and decompressed spans live in the shared cache.
 pub struct GzipReader {
-    blob: File,
+    blob: Arc<File>,
     checkpoints: Arc<[Checkpoint]>,
     size: u64,
     cache: Arc<SpanCache>,
     layer: u64,
     /// Set by [`GzipReader::with_local_copy`] when spans are too large to cache.
     local: Option<LocalCopy>,
+    /// The span the last read ended in: a read that moves on to the next one is sequential,
+    /// and the spans after it are decompressed ahead on other threads.
+    last_span: AtomicU64,
 }
 
 impl GzipReader {
@@ -595,12 +703,13 @@ impl GzipReader {
         let checkpoints = checkpoints.into();
         validate(&checkpoints, size)?;
         Ok(GzipReader {
-            blob,
+            blob: Arc::new(blob),
             checkpoints,
             size,
             cache,
             layer,
             local: None,
+            last_span: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -651,6 +760,7 @@ impl GzipReader {
                 let span = self
                     .cache
                     .get_or_load(key, || self.inflate_span(i, end - start))?;
+                self.read_ahead(i);
                 let src = usize::try_from(within)
                     .ok()
                     .and_then(|w| span.get(w..w.checked_add(want)?))
@@ -694,20 +804,36 @@ impl GzipReader {
             .ok_or_else(|| invalid(format!("gzip checkpoint {i} is missing")))
     }
 
-    /// Decompress span `i`, `len` bytes, whole, and check that the deflate stream reaches the
-    /// next checkpoint exactly there (or ends there, for the last span). Without a CRC for a
-    /// span, that is what catches most damage to the blob after it was verified.
     fn inflate_span(&self, i: usize, len: u64) -> io::Result<Vec<u8>> {
-        let len = usize::try_from(len)
-            .map_err(|_| invalid(format!("span {i} of the gzip layer is too large")))?;
-        let mut out = vec![0u8; len];
-        let mut resume = Resume::at(&self.blob, self.checkpoint(i)?)?;
-        resume.fill_exact(&mut out)?;
-        match self.checkpoints.get(i + 1) {
-            Some(next) => resume.expect_boundary(next)?,
-            None => resume.expect_end()?,
+        inflate_span(&self.blob, &self.checkpoints, i, len)
+    }
+
+    /// After a read in span `i`: if the previous read ended in span `i - 1`, have the next
+    /// `READ_AHEAD` spans decompressed on prefetch threads.
+    fn read_ahead(&self, i: usize) {
+        let i = i as u64;
+        let previous = self.last_span.swap(i, Ordering::Relaxed);
+        if previous.checked_add(1) != Some(i) {
+            return;
         }
-        Ok(out)
+        for ahead in i + 1..=i + READ_AHEAD {
+            let Ok(j) = usize::try_from(ahead) else { break };
+            let Some(c) = self.checkpoints.get(j) else {
+                break;
+            };
+            let end = self.checkpoints.get(j + 1).map_or(self.size, |n| n.out);
+            let len = end - c.out;
+            if len > self.cache.max_entry() {
+                break;
+            }
+            let key = SpanKey {
+                layer: self.layer,
+                span: ahead,
+            };
+            let (blob, checkpoints) = (self.blob.clone(), self.checkpoints.clone());
+            self.cache
+                .prefetch(key, move || inflate_span(&blob, &checkpoints, j, len));
+        }
     }
 
     /// Inflate the whole blob into `out`, checking every member's CRC-32 and size.
@@ -1543,6 +1669,51 @@ pub(crate) mod tests {
         });
         assert!(cache.used() <= budget);
         assert!(cache.used() > 0);
+    }
+
+    #[test]
+    fn sequential_reads_decompress_the_next_spans_ahead() {
+        let mut x = 0x2545_f491_u32;
+        let data: Vec<u8> = (0..2u32 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                b'a' + (x % 16) as u8
+            })
+            .collect();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(&data).unwrap();
+        let blob = e.finish().unwrap();
+        let (_, cps) = index(&blob, 64 << 10).unwrap();
+        assert!(cps.len() > 6);
+        let r = reader(&blob, cps.clone(), data.len() as u64, 4 << 20);
+        let mut buf = vec![0u8; 4096];
+        // A read in span 0, then one in span 1: sequential.
+        r.read_at(0, &mut buf).unwrap();
+        let at = cps[1].out;
+        r.read_at(at, &mut buf).unwrap();
+        assert!(buf[..] == data[at as usize..at as usize + 4096]);
+        let key = |span| SpanKey { layer: 7, span };
+        let one_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) == 1;
+        for span in 2..=1 + READ_AHEAD {
+            let got = r
+                .cache
+                .get_or_load(key(span), || Err(io::Error::other("not read ahead")));
+            if one_cpu {
+                continue; // no prefetch thread on one CPU
+            }
+            let got = got.unwrap();
+            let i = span as usize;
+            let (start, end) = (cps[i].out as usize, cps[i + 1].out as usize);
+            assert!(got[..] == data[start..end], "span {span}");
+        }
+        // The span after those was not asked for.
+        let beyond = 2 + READ_AHEAD;
+        let missing = r
+            .cache
+            .get_or_load(key(beyond), || Err(io::Error::other("absent")));
+        assert_eq!(missing.unwrap_err().to_string(), "absent");
     }
 
     #[test]
