@@ -4,6 +4,9 @@
 //! `buildah run` (chroot isolation) and `buildah commit` follow; the committed image, loaded
 //! back into layerfs, must show exactly the tree that buildah's layerfs mount showed.
 //!
+//! A second test runs buildah rootless, as `nobody`, with layerfs mounting inside buildah's user
+//! namespace.
+//!
 //! `buildah run` with an OCI runtime (crun) needs cgroups that some hosts (cgroup v1/hybrid)
 //! do not give it; chroot isolation runs the same command in the same mounted rootfs.
 
@@ -21,6 +24,9 @@ use util::{Compression, Flavor, ImageBuilder, Registry, Sandbox};
 struct Buildah {
     conf: PathBuf,
     graph: PathBuf,
+    /// Rootless: buildah runs as `nobody` with this home (where rootless buildah keeps its
+    /// storage, whatever storage.conf says).
+    home: Option<PathBuf>,
 }
 
 impl Buildah {
@@ -39,12 +45,45 @@ impl Buildah {
             ),
         )
         .unwrap();
-        Buildah { conf, graph }
+        Buildah {
+            conf,
+            graph,
+            home: None,
+        }
+    }
+
+    /// buildah as `nobody`, with `home` (created, and given to nobody) as its home.
+    fn rootless(home: &Path) -> Buildah {
+        let mut b = Buildah::new(home);
+        let status = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(home)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        b.graph = home.to_owned();
+        b.home = Some(home.to_owned());
+        b
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("buildah")
-            .args(args)
+        let mut cmd = match &self.home {
+            None => Command::new("buildah"),
+            Some(home) => {
+                let mut c = Command::new("setpriv");
+                c.args(
+                    util::mount::setpriv(util::mount::NOBODY, util::mount::NOBODY)
+                        .iter()
+                        .skip(1),
+                )
+                .arg("buildah")
+                .env("HOME", home)
+                .env_remove("XDG_RUNTIME_DIR")
+                .current_dir(home);
+                c
+            }
+        };
+        cmd.args(args)
             .env("CONTAINERS_STORAGE_CONF", &self.conf)
             .env("BUILDAH_ISOLATION", "chroot")
             .output()
@@ -220,5 +259,102 @@ fn buildah_builds_on_layerfs_as_its_mount_program() {
     assert!(!unpacked.join("etc/issue.net").exists());
     assert!(!unpacked.join("etc/apt").exists());
     assert!(unpacked.join("etc/apt-moved/sources.list.d").is_dir());
+    fs::remove_file(&link).unwrap();
+}
+
+/// Rootless: buildah as `nobody` (no subordinate ids, so one id mapped: everything in the
+/// image is root's), layerfs as its mount program inside buildah's user namespace, where it is
+/// "root" yet cannot open the default store (it needs none for lower directories).
+#[test]
+fn rootless_buildah_mounts_writes_and_commits_through_layerfs() {
+    assert!(
+        is_root(),
+        "the test runs buildah as nobody through setpriv; CI runs the tests as root"
+    );
+    let image = ImageBuilder::new(Flavor::Oci)
+        .layer(raw_layer(
+            &[
+                TarEntry::dir("etc"),
+                TarEntry::file("etc/greeting", "hello\n"),
+                TarEntry::file("etc/old", "old\n"),
+            ],
+            Compression::Gzip,
+        ))
+        .build();
+    let registry = Registry::start();
+    registry.push_image("test/small", "v1", &image);
+    let reference = registry.reference("test/small:v1");
+    let sandbox = Sandbox::new();
+    sandbox.ok(&["pull", &reference]);
+    // nobody reads the store as an OCI layout through a lowercase link.
+    let store = sandbox.path("store");
+    let readable = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(sandbox.path(""))
+        .status()
+        .unwrap();
+    assert!(readable.success());
+    let link = std::env::temp_dir().join(format!("layerfs-rootless-{}", std::process::id()));
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&store, &link).unwrap();
+    let home = sandbox.path("nobody");
+    let buildah = Buildah::rootless(&home);
+
+    buildah.ok(&[
+        "from",
+        "--name",
+        "work",
+        &format!("oci:{}:{reference}", link.display()),
+    ]);
+    let copied = home.join("copied.txt");
+    fs::write(&copied, "copied in\n").unwrap();
+    let _ = Command::new("chown").arg("nobody").arg(&copied).status();
+    buildah.ok(&["copy", "work", copied.to_str().unwrap(), "/etc/copied"]);
+    // Mounted, changed and unmounted inside one user namespace, as rootless tools do.
+    let changed = buildah.ok(&[
+        "unshare",
+        "sh",
+        "-ec",
+        "m=$(buildah mount work); grep -q \" $m fuse.layerfs \" /proc/self/mounts; \
+         cat \"$m/etc/greeting\"; echo new > \"$m/etc/added\"; chown 0:0 \"$m/etc/added\"; \
+         rm \"$m/etc/old\"; mkdir \"$m/srv\"; ls -n \"$m/etc\"; buildah umount work",
+    ]);
+    assert!(changed.starts_with("hello"), "{changed}");
+    let archive = home.join("committed.tar");
+    buildah.ok(&[
+        "commit",
+        "--quiet",
+        "work",
+        &format!("oci-archive:{}:committed", archive.display()),
+    ]);
+    sandbox.ok(&[
+        "load",
+        archive.to_str().unwrap(),
+        "--tag",
+        "localhost/rootless:1",
+    ]);
+    let unpacked = sandbox.path("unpacked");
+    sandbox.ok(&["unpack", "localhost/rootless:1", unpacked.to_str().unwrap()]);
+    for (path, text) in [
+        ("etc/greeting", "hello\n"),
+        ("etc/added", "new\n"),
+        ("etc/copied", "copied in\n"),
+    ] {
+        assert_eq!(
+            fs::read_to_string(unpacked.join(path)).unwrap(),
+            text,
+            "{path}"
+        );
+    }
+    assert!(!unpacked.join("etc/old").exists());
+    assert!(unpacked.join("srv").is_dir());
+    let added = fs::metadata(unpacked.join("etc/added")).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&added),
+            std::os::unix::fs::MetadataExt::gid(&added)
+        ),
+        (0, 0)
+    );
     fs::remove_file(&link).unwrap();
 }

@@ -300,10 +300,19 @@ pub fn run(ctx: &Context, mut args: Args) -> Result<()> {
 }
 
 fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
-    let store = ctx.store()?;
-    let log_path = match &args.log {
-        Some(p) => p.clone(),
-        None => {
+    // Lower directories alone need no store: a mount program may run where the default store
+    // cannot be opened (as root of a rootless user namespace, say).
+    let store = match ctx.store() {
+        Ok(store) => Some(store),
+        Err(e) if args.image().is_none() => {
+            log::debug!("{e:#}; mounting without a store");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let (log, log_name) = match (&args.log, &store) {
+        (Some(path), _) => (create_log(path)?, path.display().to_string()),
+        (None, Some(store)) => {
             let dir = store.root().join("layerfs/logs");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -312,11 +321,15 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect();
-            dir.join(format!("mount{name}.log"))
+            let path = dir.join(format!("mount{name}.log"));
+            (create_log(&path)?, path.display().to_string())
         }
+        (None, None) => (
+            unnamed_log()?,
+            "the daemon's stderr, /proc/PID/fd/2 (no store to keep a log in; see --log)".into(),
+        ),
     };
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create log file {}", log_path.display()))?;
+    let mut log_copy = log.try_clone().context("cannot share the log file")?;
     let (mut ready_r, ready_w) = std::io::pipe().context("cannot create a pipe")?;
     let exe = std::env::current_exe().context("cannot find the layerfs binary")?;
     let mut cmd = Command::new(exe);
@@ -324,9 +337,10 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     if !ctx.quiet && std::env::var_os("RUST_LOG").is_none() {
         cmd.arg("-v");
     }
-    cmd.arg("--store")
-        .arg(store.root())
-        .arg("mount")
+    if let Some(store) = &store {
+        cmd.arg("--store").arg(store.root());
+    }
+    cmd.arg("mount")
         .arg("--foreground")
         .arg("--cache-mib")
         .arg(args.cache_mib.to_string());
@@ -367,14 +381,15 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     if !ready {
         let _ = child.kill();
         let _ = child.wait();
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let mut log = String::new();
+        let _ =
+            std::io::Seek::rewind(&mut log_copy).and_then(|()| log_copy.read_to_string(&mut log));
         let last: Vec<&str> = log.lines().rev().take(5).collect();
         let detail: Vec<&str> = last.into_iter().rev().collect();
         bail!(
-            "the mount daemon did not start{}{} (log: {})",
+            "the mount daemon did not start{}{} (log: {log_name})",
             if detail.is_empty() { "" } else { ": " },
             detail.join("; "),
-            log_path.display()
         );
     }
     ctx.say(&format!(
@@ -383,9 +398,26 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
             .unwrap_or_else(|| "the lower directories".into()),
         mountpoint.display(),
         child.id(),
-        log_path.display()
+        log_name.replace("PID", &child.id().to_string())
     ));
     Ok(())
+}
+
+fn create_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::create(path)
+        .with_context(|| format!("cannot create log file {}", path.display()))
+}
+
+/// A log file with no name, in the temporary directory: it lives as long as the daemon.
+fn unnamed_log() -> Result<std::fs::File> {
+    let dir = std::env::temp_dir();
+    let fd = rustix::fs::open(
+        &dir,
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("cannot create a log file in {}", dir.display()))?;
+    Ok(fd.into())
 }
 
 fn serve(ctx: &Context, args: &Args, options: MountOptions, mountpoint: &Path) -> Result<()> {
