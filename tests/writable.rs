@@ -12,7 +12,7 @@ mod util;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -781,5 +781,42 @@ fn writes_clear_set_user_id_as_the_kernel_does() {
         }
         assert_eq!(mode(&file), want, "{set:o} after {action}");
     }
+    guard.unmount();
+}
+
+/// Truncation whatever the handle: `open(O_RDONLY | O_TRUNC)` of a lower file (the kernel then
+/// truncates through the read-only handle it got), and `truncate(path)` while the file is open
+/// read-only elsewhere.
+#[test]
+fn truncation_works_through_read_only_handles() {
+    let registry = Registry::start();
+    let sandbox = Sandbox::new();
+    let reference = publish(&registry, &sandbox, "trunc", &lower_image());
+    let upper = sandbox.path("upper");
+    let guard = MountGuard::mount(
+        &sandbox,
+        &reference,
+        &sandbox.path("mnt"),
+        &["--upper", upper.to_str().unwrap()],
+    );
+    let mnt = guard.path.clone();
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(mnt.join("a/file1"))
+        .unwrap();
+    assert_eq!(opened.metadata().unwrap().len(), 0);
+    drop(opened);
+    assert_eq!(fs::read(mnt.join("a/file1")).unwrap(), b"");
+    assert_eq!(fs::metadata(upper.join("a/file1")).unwrap().len(), 0);
+
+    let reader = fs::File::open(mnt.join("a/file3")).unwrap();
+    // truncate(2) by path: the kernel's setattr carries no handle.
+    let path =
+        std::ffi::CString::new(mnt.join("a/file3").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; truncate(2) reads nothing else.
+    assert_eq!(unsafe { libc::truncate(path.as_ptr(), 2) }, 0);
+    assert_eq!(fs::read(mnt.join("a/file3")).unwrap(), b"th");
+    drop(reader);
     guard.unmount();
 }

@@ -245,19 +245,25 @@ impl OverlayFs {
     ) -> Result<FileAttr, FsError> {
         let mut st = self.lock();
         self.copy_up(&mut st, ino, set.size != Some(0))?;
-        // Any open handle of the file serves for fchown, fchmod and fstat: no path lookups.
-        let file = fh
-            .and_then(|fh| self.handle_file(fh))
-            .or_else(|| self.open_file_of(ino));
+        let handle = fh.and_then(|fh| self.handle_file(fh));
         if let Some(size) = set.size {
-            match &file {
-                Some(f) => rfs::ftruncate(f.as_ref(), size)?,
-                None => {
-                    let f = self.open_upper(&st, ino, OFlags::WRONLY)?;
-                    rfs::ftruncate(&f, size)?;
-                }
+            // Through the caller's handle if it may write (ftruncate); an open(O_TRUNC) of a
+            // read-only handle truncates too, through a writable fd of our own.
+            let done = match &handle {
+                Some(f) => match rfs::ftruncate(f.as_ref(), size) {
+                    Ok(()) => true,
+                    Err(Errno::INVAL | Errno::BADF) => false,
+                    Err(e) => return Err(e.into()),
+                },
+                None => false,
+            };
+            if !done {
+                let f = self.open_upper(&st, ino, OFlags::WRONLY)?;
+                rfs::ftruncate(&f, size)?;
             }
         }
+        // Any open handle of the file serves for fchown, fchmod and fstat: no path lookups.
+        let file = handle.or_else(|| self.open_file_of(ino));
         let (dir, name) = self.locate(&st, ino)?;
         let path_fd;
         let fd = match &file {
