@@ -403,8 +403,14 @@ fn start_daemon(ctx: &Context, args: &Args, mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The log file at `path`, emptied, open for reading too (a failed start is read back).
 fn create_log(path: &Path) -> Result<std::fs::File> {
-    std::fs::File::create(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
         .with_context(|| format!("cannot create log file {}", path.display()))
 }
 
