@@ -213,19 +213,9 @@ fn write_unless_zero(out: &File, data: &[u8], offset: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::reader::tests::Mem;
     use std::os::unix::fs::FileExt;
     use std::sync::Arc;
-
-    /// A stream in memory.
-    struct Mem(Vec<u8>);
-    impl ReadAt for Mem {
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-            let start = usize::try_from(offset).unwrap().min(self.0.len());
-            let n = buf.len().min(self.0.len() - start);
-            buf[..n].copy_from_slice(&self.0[start..start + n]);
-            Ok(n)
-        }
-    }
 
     /// A plain file stream that offers its bytes for `copy_file_range`.
     struct OnDisk(Arc<File>);

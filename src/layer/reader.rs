@@ -107,10 +107,11 @@ fn read_exact_at(stream: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> io::Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    struct Mem(Vec<u8>);
+    /// A stream in memory (for the tests of what reads streams).
+    pub(crate) struct Mem(pub Vec<u8>);
     impl ReadAt for Mem {
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
             let start = (offset as usize).min(self.0.len());
