@@ -120,6 +120,30 @@ impl Drop for Buildah {
     }
 }
 
+/// Commit the container `work` to the OCI archive `archive`, load that into the sandbox's store
+/// and unpack it: the directory it was unpacked into.
+fn commit_and_unpack(buildah: &Buildah, sandbox: &Sandbox, archive: &Path) -> PathBuf {
+    buildah.ok(&[
+        "commit",
+        "--quiet",
+        "work",
+        &format!("oci-archive:{}:committed", archive.display()),
+    ]);
+    sandbox.ok(&[
+        "load",
+        archive.to_str().unwrap(),
+        "--tag",
+        "localhost/committed:1",
+    ]);
+    let unpacked = sandbox.path("unpacked");
+    sandbox.ok(&[
+        "unpack",
+        "localhost/committed:1",
+        unpacked.to_str().unwrap(),
+    ]);
+    unpacked
+}
+
 fn mounted_fs_type(path: &Path) -> Option<String> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     mounts.lines().find_map(|l| {
@@ -219,25 +243,7 @@ fn buildah_builds_on_layerfs_as_its_mount_program() {
     );
 
     // Committed, exported, loaded back into layerfs: the tree buildah's mount showed.
-    let archive = sandbox.path("committed.tar");
-    buildah.ok(&[
-        "commit",
-        "--quiet",
-        "work",
-        &format!("oci-archive:{}:committed", archive.display()),
-    ]);
-    sandbox.ok(&[
-        "load",
-        archive.to_str().unwrap(),
-        "--tag",
-        "localhost/committed:1",
-    ]);
-    let unpacked = sandbox.path("unpacked");
-    sandbox.ok(&[
-        "unpack",
-        "localhost/committed:1",
-        unpacked.to_str().unwrap(),
-    ]);
+    let unpacked = commit_and_unpack(&buildah, &sandbox, &sandbox.path("committed.tar"));
     let mut committed = Tree::walk("committed", &unpacked);
     // The root's own mode is the upper directory's on the mount (as on overlayfs) and the
     // unpack target's here; neither comes from the image.
@@ -320,21 +326,7 @@ fn rootless_buildah_mounts_writes_and_commits_through_layerfs() {
          rm \"$m/etc/old\"; mkdir \"$m/srv\"; ls -n \"$m/etc\"; buildah umount work",
     ]);
     assert!(changed.starts_with("hello"), "{changed}");
-    let archive = home.join("committed.tar");
-    buildah.ok(&[
-        "commit",
-        "--quiet",
-        "work",
-        &format!("oci-archive:{}:committed", archive.display()),
-    ]);
-    sandbox.ok(&[
-        "load",
-        archive.to_str().unwrap(),
-        "--tag",
-        "localhost/rootless:1",
-    ]);
-    let unpacked = sandbox.path("unpacked");
-    sandbox.ok(&["unpack", "localhost/rootless:1", unpacked.to_str().unwrap()]);
+    let unpacked = commit_and_unpack(&buildah, &sandbox, &home.join("committed.tar"));
     for (path, text) in [
         ("etc/greeting", "hello\n"),
         ("etc/added", "new\n"),

@@ -269,6 +269,16 @@ fn require_root(what: &str) {
     );
 }
 
+/// The image mounted at the sandbox's `mnt` with `upper` as its upper directory.
+fn mount_with_upper(sandbox: &Sandbox, reference: &str, upper: &Path) -> MountGuard {
+    MountGuard::mount(
+        sandbox,
+        reference,
+        &sandbox.path("mnt"),
+        &["--upper", upper.to_str().unwrap()],
+    )
+}
+
 #[test]
 fn changes_persist_and_match_kernel_overlayfs() {
     require_root("this test");
@@ -278,12 +288,7 @@ fn changes_persist_and_match_kernel_overlayfs() {
     let upper = sandbox.path("upper");
     let mnt = sandbox.path("mnt");
 
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &mnt,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     change_everything(&guard.path);
     assert_changed(&guard.path);
     let before = Tree::walk("layerfs before remount", &guard.path);
@@ -304,12 +309,7 @@ fn changes_persist_and_match_kernel_overlayfs() {
         Some(b"y".to_vec())
     );
 
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &mnt,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     assert_changed(&guard.path);
     let after = Tree::walk("layerfs after remount", &guard.path);
     assert_same(&before, &after, &Compare::full(non_dirs(&before)));
@@ -567,12 +567,7 @@ fn random_operations_match_a_plain_directory() {
     let sandbox = Sandbox::new();
     let reference = publish(&registry, &sandbox, "random", &lower_image());
     let upper = sandbox.path("upper");
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &sandbox.path("mnt"),
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     let plain = sandbox.path("plain");
     sandbox.ok(&["unpack", &reference, plain.to_str().unwrap()]);
     let mnt = guard.path.clone();
@@ -617,12 +612,7 @@ fn random_operations_match_a_plain_directory() {
         );
     }
     guard.unmount();
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &sandbox.path("mnt"),
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     // After a remount: the same tree to the nanosecond of every mtime, xattrs included.
     let again = Tree::walk("mount after remount", &guard.path);
     let exact = Compare {
@@ -641,13 +631,7 @@ fn killed_daemon_loses_no_fsynced_file() {
     let sandbox = Sandbox::new();
     let reference = publish(&registry, &sandbox, "kill", &lower_image());
     let upper = sandbox.path("upper");
-    let mnt = sandbox.path("mnt");
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &mnt,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     let m = guard.path.clone();
     let mut synced = Vec::new();
     for i in 0..20 {
@@ -685,12 +669,7 @@ fn killed_daemon_loses_no_fsynced_file() {
     sandbox.ok(&["umount", m.to_str().unwrap()]);
     drop(guard);
 
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &mnt,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     for (name, want) in &synced {
         assert!(
             read(&guard.path.join(name)) == *want,
@@ -793,12 +772,7 @@ fn truncation_works_through_read_only_handles() {
     let sandbox = Sandbox::new();
     let reference = publish(&registry, &sandbox, "trunc", &lower_image());
     let upper = sandbox.path("upper");
-    let guard = MountGuard::mount(
-        &sandbox,
-        &reference,
-        &sandbox.path("mnt"),
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let guard = mount_with_upper(&sandbox, &reference, &upper);
     let mnt = guard.path.clone();
     let opened = fs::OpenOptions::new()
         .read(true)

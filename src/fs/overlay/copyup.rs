@@ -345,25 +345,9 @@ impl OverlayFs {
         Ok(())
     }
 
-    /// The metadata an upper entry shows now (its override, or the host's view).
-    pub(super) fn current_meta(&self, dir: &OwnedFd, name: &[u8]) -> Result<Meta, FsError> {
-        if name.is_empty() {
-            return self.current_meta_of(dir.as_fd());
-        }
-        let s = upper::stat(dir, name)?;
-        // Only a rootless daemon keeps overrides.
-        let over = if self.upper.privileged {
-            None
-        } else {
-            upper::open_path(dir, name)
-                .ok()
-                .and_then(|fd| upper::read_override(&fd))
-        };
-        Ok(meta_from(&s, over))
-    }
-
-    /// The same for the entry `fd` (`O_PATH` or open).
-    pub(super) fn current_meta_of(&self, fd: BorrowedFd<'_>) -> Result<Meta, FsError> {
+    /// The metadata the upper entry `fd` (`O_PATH` or open) shows now: its override, or the
+    /// host's view.
+    pub(super) fn current_meta(&self, fd: BorrowedFd<'_>) -> Result<Meta, FsError> {
         let s = rfs::fstat(fd)?;
         let over = if self.upper.privileged {
             None

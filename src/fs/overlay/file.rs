@@ -224,7 +224,7 @@ impl OverlayFs {
                 path_fd.as_fd()
             }
         };
-        let mut meta = self.current_meta_of(fd)?;
+        let mut meta = self.current_meta(fd)?;
         let before = meta.mode;
         meta.mode &= !0o4000;
         if meta.mode & 0o2010 == 0o2010 {
@@ -278,7 +278,7 @@ impl OverlayFs {
             }
         };
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
-            let mut meta = self.current_meta_of(fd)?;
+            let mut meta = self.current_meta(fd)?;
             if let Some(m) = set.mode {
                 meta.mode = m & 0o7777;
             }

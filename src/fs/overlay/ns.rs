@@ -77,7 +77,7 @@ impl OverlayFs {
             Err(Errno::NOENT) => false,
             Err(e) => return Err(e.into()),
         };
-        let parent_meta = self.current_meta(&dir, b"")?;
+        let parent_meta = self.current_meta(dir.as_fd())?;
         let setgid = parent_meta.mode & 0o2000 != 0;
         let kind = match what {
             New::File => Type::File,
